@@ -1,0 +1,382 @@
+"""One tick: list subaccounts, fetch their workers, then persist, cache and report.
+
+`luxor-etl poll-once` and the Celery task both run `run_tick`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import redis
+import sqlalchemy.exc
+from sqlalchemy.engine import Engine
+
+from worker import cache, health
+from worker.errors import LuxorAuthError, LuxorBadResponse, LuxorError, LuxorUnavailable
+from worker.luxor.client import LuxorClient
+from worker.settings import Settings
+from worker.snapshot import (
+    FleetSnapshot,
+    SubaccountFailure,
+    SubaccountSnapshot,
+    iso_z,
+    tick_time,
+)
+
+log = logging.getLogger("luxor_etl.tick")
+
+# The share of the poll interval a tick may spend fetching before it gives up on the rest.
+TICK_DEADLINE_SHARE = 0.8
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for the CLI table, the logs and the exit code."""
+
+    observed_at: datetime
+    fleets: list[FleetSnapshot] = field(default_factory=list)
+    publications: dict[str, cache.Publication] = field(default_factory=dict)
+    rows_written: int = 0
+    store_error: str | None = None
+    cache_error: str | None = None
+    auth_error: str | None = None
+    skipped: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def failures(self) -> list[SubaccountFailure]:
+        return [f for fleet in self.fleets for f in fleet.failures]
+
+    @property
+    def exit_code(self) -> int:
+        if self.auth_error:
+            return 2
+        if self.skipped or self.failures or self.store_error or self.cache_error:
+            return 1
+        return 0
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, LuxorAuthError):
+        return "auth"
+    if isinstance(exc, LuxorUnavailable):
+        return "unavailable"
+    if isinstance(exc, LuxorBadResponse):
+        return "bad_response"
+    if isinstance(exc, LuxorError):
+        return "rejected"
+    return "internal"
+
+
+async def collect(
+    settings: Settings,
+    observed_at: datetime,
+    known_subaccounts: Callable[[str], list[str]],
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_request: Callable[[str, str], None] | None = None,
+    deadline_s: float | None = None,
+) -> list[FleetSnapshot]:
+    """Fetch every configured currency and subaccount; failures become gaps, never zeros."""
+    client = LuxorClient(
+        settings.api_key,
+        settings.luxor_base_url,
+        page_size=settings.luxor_page_size,
+        timeout_s=settings.luxor_timeout_seconds,
+        max_attempts=settings.luxor_max_attempts,
+        max_connections=settings.luxor_concurrency,
+        transport=transport,
+        on_request=on_request,
+    )
+    async with client:
+        listing_error: str | None = None
+        try:
+            names = await client.list_subaccounts()
+        except LuxorAuthError:
+            raise
+        except LuxorError as exc:
+            listing_error = f"listing subaccounts failed: {exc}"
+            log.warning("subaccount listing failed", extra={"reason": str(exc)})
+            names = []
+        allowed = settings.luxor_subaccounts
+        if allowed:
+            invisible = sorted(set(allowed) - set(names))
+            if invisible and listing_error is None:
+                log.warning(
+                    "LUXOR_SUBACCOUNTS names subaccounts the key cannot see",
+                    extra={"subaccounts": ",".join(invisible)},
+                )
+            names = [n for n in names if n in set(allowed)]
+
+        semaphore = asyncio.Semaphore(settings.luxor_concurrency)
+
+        async def fetch(currency: str, name: str) -> SubaccountSnapshot | SubaccountFailure:
+            async with semaphore:
+                try:
+                    return await client.fetch_subaccount(currency, name, observed_at)
+                except LuxorError as exc:
+                    return SubaccountFailure(currency, name, str(exc), _error_kind(exc))
+
+        fleets: list[FleetSnapshot] = []
+        for currency in settings.luxor_currencies:
+            if listing_error is None:
+                targets = names
+            else:
+                targets = [n for n in known_subaccounts(currency) if not allowed or n in allowed]
+            results = await _gather_with_deadline(
+                [fetch(currency, name) for name in targets], targets, currency, deadline_s
+            )
+            fleets.append(_fleet(currency, observed_at, targets, results, listing_error))
+        return fleets
+
+
+async def _gather_with_deadline(
+    coroutines: Sequence[Any], names: Sequence[str], currency: str, deadline_s: float | None
+) -> list[SubaccountSnapshot | SubaccountFailure]:
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    results: list[SubaccountSnapshot | SubaccountFailure] = []
+    for task, name in zip(tasks, names, strict=True):
+        if task in done:
+            results.append(task.result())
+        else:
+            results.append(
+                SubaccountFailure(
+                    currency, name, "tick deadline reached before it finished", "unavailable"
+                )
+            )
+    return results
+
+
+def _fleet(
+    currency: str,
+    observed_at: datetime,
+    names: Sequence[str],
+    results: Sequence[SubaccountSnapshot | SubaccountFailure],
+    listing_error: str | None,
+) -> FleetSnapshot:
+    snapshots = tuple(r for r in results if isinstance(r, SubaccountSnapshot))
+    failures = [r for r in results if isinstance(r, SubaccountFailure)]
+    if listing_error is not None:
+        failures = [SubaccountFailure(currency, n, listing_error, "unavailable") for n in names]
+        snapshots = ()
+    return FleetSnapshot(
+        currency=currency,
+        observed_at=observed_at,
+        subaccounts=tuple(sorted(names)),
+        snapshots=snapshots,
+        failures=tuple(sorted(failures, key=lambda f: f.subaccount)),
+        listing_error=listing_error,
+    )
+
+
+def tick_rows(snapshot: SubaccountSnapshot) -> dict[str, Any]:
+    """The `subaccount_ticks` row of one subaccount snapshot."""
+    workers = snapshot.workers
+    return {
+        "currency": snapshot.currency,
+        "subaccount": snapshot.subaccount,
+        "observed_at": snapshot.observed_at,
+        "active": snapshot.active,
+        "inactive": snapshot.inactive,
+        "hashrate": snapshot.hashrate_hs,
+        "worker_names": [w.name for w in workers],
+        "worker_active": [w.status == "ACTIVE" for w in workers],
+        "worker_hashrates": [w.hashrate_hs for w in workers],
+        "worker_efficiencies": [w.efficiency for w in workers],
+        "worker_stale_shares": [w.stale_shares for w in workers],
+        "worker_rejected_shares": [w.rejected_shares for w in workers],
+        "worker_last_share_epochs": [
+            int(w.last_share_time.timestamp()) if w.last_share_time else None for w in workers
+        ],
+    }
+
+
+def run_tick(
+    settings: Settings,
+    *,
+    engine: Engine,
+    redis_client: redis.Redis,
+    now: datetime | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_request: Callable[[str, str], None] | None = None,
+) -> TickReport:
+    """Run one whole tick. Never raises for Luxor, PostgreSQL or Redis trouble: it reports it."""
+    from models.store import write_subaccount_ticks
+
+    started = time.monotonic()
+    observed_at = tick_time(now or datetime.now(UTC), settings.poll_interval_seconds)
+    report = TickReport(observed_at=observed_at)
+    keys = cache.CacheKeys(settings.cache_prefix)
+
+    def known(currency: str) -> list[str]:
+        try:
+            return cache.known_subaccounts(redis_client, keys, currency)
+        except redis.RedisError:
+            return list(settings.luxor_subaccounts)
+
+    api_requests: Counter[tuple[str, str]] = Counter()
+
+    def count_request(endpoint: str, code: str) -> None:
+        api_requests[endpoint, code] += 1
+        if on_request is not None:
+            on_request(endpoint, code)
+
+    try:
+        report.fleets = asyncio.run(
+            collect(
+                settings,
+                observed_at,
+                known,
+                transport=transport,
+                on_request=count_request,
+                deadline_s=settings.poll_interval_seconds * TICK_DEADLINE_SHARE,
+            )
+        )
+    except LuxorAuthError as exc:
+        report.auth_error = str(exc)
+        log.error("luxor refused the API key", extra={"tick": iso_z(observed_at)})
+        with contextlib.suppress(redis.RedisError):
+            health.record_tick(redis_client, keys, [], api_requests)
+        report.duration_s = time.monotonic() - started
+        return report
+
+    rows = [tick_rows(s) for fleet in report.fleets for s in fleet.snapshots]
+    try:
+        report.rows_written = write_subaccount_ticks(engine, rows)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        report.store_error = _one_line(exc)
+        log.error(
+            "writing snapshots failed",
+            extra={"tick": iso_z(observed_at), "reason": report.store_error},
+        )
+
+    try:
+        for fleet in report.fleets:
+            report.publications[fleet.currency] = cache.publish_fleet(
+                redis_client, fleet, keys=keys, ttl_seconds=settings.cache_ttl_seconds
+            )
+            if fleet.listing_error is None:
+                cache.remember_subaccounts(redis_client, keys, fleet.currency, fleet.subaccounts)
+        finished_at = time.time()
+        health.record_tick(
+            redis_client,
+            keys,
+            [
+                health.TickHealth(
+                    currency=fleet.currency,
+                    duration_s=time.monotonic() - started,
+                    succeeded=[s.subaccount for s in fleet.snapshots],
+                    listed=fleet.subaccounts if fleet.listing_error is None else None,
+                    succeeded_at_s=finished_at,
+                )
+                for fleet in report.fleets
+            ],
+            api_requests,
+        )
+    except redis.RedisError as exc:
+        report.cache_error = _one_line(exc)
+        log.error(
+            "writing the cache failed",
+            extra={"tick": iso_z(observed_at), "reason": report.cache_error},
+        )
+
+    report.duration_s = time.monotonic() - started
+    for failure in report.failures:
+        log.warning(
+            "subaccount fetch failed",
+            extra={
+                "tick": iso_z(observed_at),
+                "currency": failure.currency,
+                "subaccount": failure.subaccount,
+                "error": failure.error,
+                "reason": failure.reason,
+            },
+        )
+    log.info(
+        "tick done",
+        extra={
+            "tick": iso_z(observed_at),
+            "subaccounts_ok": sum(len(f.snapshots) for f in report.fleets),
+            "subaccounts_failed": len(report.failures),
+            "rows": report.rows_written,
+            "duration_s": round(report.duration_s, 3),
+        },
+    )
+    return report
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split())[:300]
+
+
+def run_tick_locked(
+    settings: Settings,
+    *,
+    engine: Engine,
+    redis_client: redis.Redis,
+    skip_completed: bool = False,
+    now: datetime | None = None,
+    **kwargs: Any,
+) -> TickReport:
+    """`run_tick` under a Redis lock, so two beats or a slow tick never run two at once.
+
+    With `skip_completed`, a tick whose `observed_at` already completed (a second beat, a
+    redelivery) is skipped. If Redis is down the tick still runs: its writes are idempotent.
+    """
+    from redis.exceptions import LockError
+
+    keys = cache.CacheKeys(settings.cache_prefix)
+    lock = redis_client.lock(
+        keys.tick_lock(), timeout=settings.tick_time_limit_seconds, blocking=False
+    )
+    observed_at = tick_time(now or datetime.now(UTC), settings.poll_interval_seconds)
+    try:
+        acquired: bool | None = lock.acquire()
+    except redis.RedisError as exc:
+        log.warning("tick lock unavailable; running unlocked", extra={"reason": _one_line(exc)})
+        acquired = None
+    if acquired is False:
+        log.info("another tick is running; skipped", extra={"tick": iso_z(observed_at)})
+        return TickReport(observed_at=observed_at, skipped="another tick is running")
+    try:
+        if skip_completed and acquired and _completed(redis_client, keys) >= iso_z(observed_at):
+            log.info("tick already completed; skipped", extra={"tick": iso_z(observed_at)})
+            return TickReport(observed_at=observed_at, skipped="tick already completed")
+        report = run_tick(settings, engine=engine, redis_client=redis_client, now=now, **kwargs)
+        if report.cache_error is None and report.auth_error is None:
+            try:
+                ttl = settings.poll_interval_seconds * 3
+                with redis_client.pipeline(transaction=False) as pipe:
+                    pipe.set(keys.last_tick(), iso_z(report.observed_at))
+                    pipe.set(keys.heartbeat("tick"), iso_z(datetime.now(UTC)), ex=ttl)
+                    pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("recording the tick's completion failed", extra={"reason": str(exc)})
+        return report
+    finally:
+        if acquired:
+            # Expired or Redis gone: the lock's TTL ends it.
+            with contextlib.suppress(LockError, redis.RedisError):
+                lock.release()
+
+
+def _completed(redis_client: redis.Redis, keys: cache.CacheKeys) -> str:
+    value = redis_client.get(keys.last_tick())
+    return value.decode() if isinstance(value, bytes) else (value or "")
