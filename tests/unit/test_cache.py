@@ -23,9 +23,15 @@ T2 = datetime(2026, 12, 3, 10, 1, tzinfo=UTC)
 
 def sample(name: str, status: str = "ACTIVE", hashrate: float | None = 1e14) -> WorkerSample:
     return WorkerSample(
-        id=f"id-{name}", name=name, status=status, hashrate_hs=hashrate, efficiency=0.998,
-        stale_shares=0.0, rejected_shares=0.001,
-        last_share_time=datetime(2026, 12, 3, 9, 59, 41, tzinfo=UTC), firmware="fw",
+        id=f"id-{name}",
+        name=name,
+        status=status,
+        hashrate_hs=hashrate,
+        efficiency=0.998,
+        stale_shares=0.0,
+        rejected_shares=0.001,
+        last_share_time=datetime(2026, 12, 3, 9, 59, 41, tzinfo=UTC),
+        firmware="fw",
     )
 
 
@@ -38,8 +44,9 @@ def snap(name: str, at: datetime, active: int = 2, inactive: int = 1) -> Subacco
 
 def fleet(at: datetime, ok: list[SubaccountSnapshot], failed: list[str] = ()) -> FleetSnapshot:
     names = sorted([s.subaccount for s in ok] + list(failed))
-    failures = tuple(SubaccountFailure("BTC", n, "HTTP 503 after 5 attempts", "unavailable")
-                     for n in failed)
+    failures = tuple(
+        SubaccountFailure("BTC", n, "HTTP 503 after 5 attempts", "unavailable") for n in failed
+    )
     return FleetSnapshot("BTC", at, tuple(names), tuple(ok), failures)
 
 
@@ -53,20 +60,33 @@ def load(r: fakeredis.FakeRedis, key: str):
 
 
 def test_a_fresh_tick_writes_the_contract_keys_with_ttl(r) -> None:
-    cache.publish_fleet(r, fleet(T1, [snap("site-a", T1), snap("site-b", T1, 5, 0)]),
-                        keys=KEYS, ttl_seconds=300)
+    cache.publish_fleet(
+        r, fleet(T1, [snap("site-a", T1), snap("site-b", T1, 5, 0)]), keys=KEYS, ttl_seconds=300
+    )
     summary = load(r, "luxor:v1:BTC:summary")
     assert summary == {
-        "schema_version": 1, "currency": "BTC", "observed_at": "2026-12-03T10:00:00Z",
-        "active": 7, "inactive": 1, "hashrate": 7e14, "subaccounts": 2,
-        "stale_subaccounts": [], "missing_subaccounts": [],
+        "schema_version": 1,
+        "currency": "BTC",
+        "observed_at": "2026-12-03T10:00:00Z",
+        "active": 7,
+        "inactive": 1,
+        "hashrate": 7e14,
+        "subaccounts": 2,
+        "stale_subaccounts": [],
+        "missing_subaccounts": [],
     }
     entry = load(r, "luxor:v1:BTC:subaccount:site-a")
     assert entry["stale"] is False and entry["active"] == 2 and len(entry["workers"]) == 3
     assert entry["workers"][0] == {
-        "id": "id-site-a-a0", "name": "site-a-a0", "status": "ACTIVE", "hashrate": 1e14,
-        "efficiency": 0.998, "stale_shares": 0.0, "rejected_shares": 0.001,
-        "last_share_time": "2026-12-03T09:59:41Z", "firmware": "fw",
+        "id": "id-site-a-a0",
+        "name": "site-a-a0",
+        "status": "ACTIVE",
+        "hashrate": 1e14,
+        "efficiency": 0.998,
+        "stale_shares": 0.0,
+        "rejected_shares": 0.001,
+        "last_share_time": "2026-12-03T09:59:41Z",
+        "firmware": "fw",
     }
     listing = load(r, "luxor:v1:BTC:subaccounts")
     assert [e["subaccount"] for e in listing] == ["site-a", "site-b"]
@@ -76,11 +96,13 @@ def test_a_fresh_tick_writes_the_contract_keys_with_ttl(r) -> None:
 
 
 def test_a_failed_subaccount_keeps_its_old_entry_marked_stale_without_new_ttl(r) -> None:
-    cache.publish_fleet(r, fleet(T1, [snap("site-a", T1), snap("site-b", T1)]),
-                        keys=KEYS, ttl_seconds=300)
+    cache.publish_fleet(
+        r, fleet(T1, [snap("site-a", T1), snap("site-b", T1)]), keys=KEYS, ttl_seconds=300
+    )
     r.expire("luxor:v1:BTC:subaccount:site-b", 120)  # time passes for the old entry
-    result = cache.publish_fleet(r, fleet(T2, [snap("site-a", T2, 3, 0)], ["site-b"]),
-                                 keys=KEYS, ttl_seconds=300)
+    result = cache.publish_fleet(
+        r, fleet(T2, [snap("site-a", T2, 3, 0)], ["site-b"]), keys=KEYS, ttl_seconds=300
+    )
     assert result.stale == ["site-b"] and result.missing == []
     stale = load(r, "luxor:v1:BTC:subaccount:site-b")
     assert stale["stale"] is True and stale["observed_at"] == "2026-12-03T10:00:00Z"
@@ -94,8 +116,9 @@ def test_a_failed_subaccount_keeps_its_old_entry_marked_stale_without_new_ttl(r)
 
 
 def test_a_subaccount_without_any_cached_value_is_missing_and_not_counted(r) -> None:
-    result = cache.publish_fleet(r, fleet(T1, [snap("site-a", T1)], ["site-c"]),
-                                 keys=KEYS, ttl_seconds=300)
+    result = cache.publish_fleet(
+        r, fleet(T1, [snap("site-a", T1)], ["site-c"]), keys=KEYS, ttl_seconds=300
+    )
     assert result.missing == ["site-c"]
     summary = load(r, "luxor:v1:BTC:summary")
     assert summary["missing_subaccounts"] == ["site-c"]
@@ -134,8 +157,7 @@ def test_an_expired_stale_entry_is_not_resurrected_without_ttl(r) -> None:
         return values
 
     r.mget = mget_then_expire
-    cache.publish_fleet(r, fleet(T2, [snap("site-b", T2)], ["site-a"]), keys=KEYS,
-                        ttl_seconds=300)
+    cache.publish_fleet(r, fleet(T2, [snap("site-b", T2)], ["site-a"]), keys=KEYS, ttl_seconds=300)
     assert r.get("luxor:v1:BTC:subaccount:site-a") is None
 
 

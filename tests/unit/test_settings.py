@@ -16,9 +16,19 @@ from worker.snapshot import tick_time
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
-    for name in ("LUXOR_API_KEY", "LUXOR_API_KEY_FILE", "DATABASE_URL", "REDIS_URL",
-                 "CELERY_BROKER_URL", "LUXOR_CURRENCIES", "LUXOR_SUBACCOUNTS", "CACHE_PREFIX",
-                 "POLL_INTERVAL_SECONDS", "LUXOR_PAGE_SIZE", "LUXOR_BASE_URL"):
+    for name in (
+        "LUXOR_API_KEY",
+        "LUXOR_API_KEY_FILE",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "LUXOR_CURRENCIES",
+        "LUXOR_SUBACCOUNTS",
+        "CACHE_PREFIX",
+        "POLL_INTERVAL_SECONDS",
+        "LUXOR_PAGE_SIZE",
+        "LUXOR_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -105,7 +115,11 @@ def test_cli_prints_one_line_and_exits_2_on_bad_settings(tmp_path) -> None:
     env = {"PATH": "/usr/bin:/bin", "LUXOR_PAGE_SIZE": "lots", "HOME": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", "poll-once"],
-        env=env, capture_output=True, text=True, cwd=tmp_path, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
