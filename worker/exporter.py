@@ -34,7 +34,7 @@ def label_value(name: str) -> str:
     if len(name) <= MAX_LABEL_CHARS:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_LABEL_CHARS - 10]}~{digest}"
+    return f"{name[: MAX_LABEL_CHARS - 9]}~{digest}"
 
 
 def _age_seconds(observed_at: str, now: float) -> float:
