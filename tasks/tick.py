@@ -20,9 +20,11 @@ import redis
 import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
-from worker import cache, health
+from models.store import write_subaccount_ticks
+from worker import cache, health, outbox
 from worker.errors import LuxorAuthError, LuxorBadResponse, LuxorError, LuxorUnavailable
 from worker.luxor.client import LuxorClient
+from worker.ratelimit import SharedRateLimiter
 from worker.settings import Settings
 from worker.snapshot import (
     FleetSnapshot,
@@ -46,6 +48,8 @@ class TickReport:
     fleets: list[FleetSnapshot] = field(default_factory=list)
     publications: dict[str, cache.Publication] = field(default_factory=dict)
     rows_written: int = 0
+    replayed_rows: int = 0
+    parked: bool = False
     store_error: str | None = None
     cache_error: str | None = None
     auth_error: str | None = None
@@ -58,7 +62,7 @@ class TickReport:
 
     @property
     def exit_code(self) -> int:
-        if self.auth_error:
+        if self.auth_error or any(f.error == "auth" for f in self.failures):
             return 2
         if self.skipped or self.failures or self.store_error or self.cache_error:
             return 1
@@ -87,6 +91,12 @@ async def collect(
     deadline_s: float | None = None,
 ) -> list[FleetSnapshot]:
     """Fetch every configured currency and subaccount; failures become gaps, never zeros."""
+    limiter = SharedRateLimiter(
+        settings.redis_url,
+        settings.cache_prefix,
+        per_second=settings.luxor_rate_limit_per_second,
+        burst=settings.luxor_rate_limit_burst,
+    )
     client = LuxorClient(
         settings.api_key,
         settings.luxor_base_url,
@@ -96,8 +106,10 @@ async def collect(
         max_connections=settings.luxor_concurrency,
         transport=transport,
         on_request=on_request,
+        before_request=limiter.acquire,
+        on_throttled=limiter.pause,
     )
-    async with client:
+    async with client, contextlib.aclosing(limiter):
         listing_error: str | None = None
         try:
             names = await client.list_subaccounts()
@@ -217,8 +229,6 @@ def run_tick(
     on_request: Callable[[str, str], None] | None = None,
 ) -> TickReport:
     """Run one whole tick. Never raises for Luxor, PostgreSQL or Redis trouble: it reports it."""
-    from models.store import write_subaccount_ticks
-
     started = time.monotonic()
     observed_at = tick_time(now or datetime.now(UTC), settings.poll_interval_seconds)
     report = TickReport(observed_at=observed_at)
@@ -257,14 +267,7 @@ def run_tick(
         return report
 
     rows = [tick_rows(s) for fleet in report.fleets for s in fleet.snapshots]
-    try:
-        report.rows_written = write_subaccount_ticks(engine, rows)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        report.store_error = _one_line(exc)
-        log.error(
-            "writing snapshots failed",
-            extra={"tick": iso_z(observed_at), "reason": report.store_error},
-        )
+    _store(settings, engine, redis_client, keys, rows, report)
 
     try:
         for fleet in report.fleets:
@@ -319,6 +322,49 @@ def run_tick(
         },
     )
     return report
+
+
+def _store(
+    settings: Settings,
+    engine: Engine,
+    redis_client: redis.Redis,
+    keys: cache.CacheKeys,
+    rows: list[dict[str, Any]],
+    report: TickReport,
+) -> None:
+    """Write parked ticks, then this one; if PostgreSQL is away, park this tick's rows."""
+
+    def write(batch: list[dict[str, Any]]) -> int:
+        return write_subaccount_ticks(engine, batch)
+
+    tick = iso_z(report.observed_at)
+    try:
+        report.replayed_rows = outbox.drain(redis_client, keys, write)
+        if report.replayed_rows:
+            log.info("parked snapshots written", extra={"tick": tick, "rows": report.replayed_rows})
+        report.rows_written = write(rows)
+        return
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        report.store_error = _one_line(exc)
+    except redis.RedisError:
+        # No outbox to drain: write this tick directly; parked ticks wait for Redis.
+        try:
+            report.rows_written = write(rows)
+            return
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            report.store_error = _one_line(exc)
+    log.error("writing snapshots failed", extra={"tick": tick, "reason": report.store_error})
+    if not rows:
+        return
+    try:
+        outbox.park(redis_client, keys, rows, settings.outbox_limit_ticks)
+        report.parked = True
+        log.warning("snapshots parked in the outbox", extra={"tick": tick, "rows": len(rows)})
+    except redis.RedisError as exc:
+        log.error(
+            "PostgreSQL and Redis both unreachable: this tick's snapshots are lost",
+            extra={"tick": tick, "reason": _one_line(exc)},
+        )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from worker import cache, health
+from worker import cache, health, outbox
 from worker.settings import Settings
 
 log = logging.getLogger("luxor_etl.exporter")
@@ -122,6 +122,18 @@ class CacheCollector:
             if len(labels) == 3:
                 alerts.add_metric(list(labels), count)
         yield from (requests, alerts)
+
+        depth = GaugeMetricFamily(
+            "luxor_outbox_depth_ticks",
+            "Ticks of snapshots parked in Redis while PostgreSQL was unreachable.",
+        )
+        depth.add_metric([], outbox.depth(self.client, self.keys))
+        dropped = CounterMetricFamily(
+            "luxor_outbox_dropped_ticks",
+            "Parked ticks dropped because the outbox was full (OUTBOX_MAX_TICKS): lost snapshots.",
+        )
+        dropped.add_metric([], outbox.dropped(self.client, self.keys))
+        yield from (depth, dropped)
 
 
 def healthz(client: redis.Redis, settings: Settings) -> tuple[bool, str]:

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     luxor_concurrency: int = Field(16, ge=1, le=256)
     luxor_timeout_seconds: float = Field(10.0, gt=0, le=300)
     luxor_max_attempts: int = Field(5, ge=1, le=20)
+    luxor_rate_limit_per_second: float = Field(0.0, ge=0, le=10_000)  # 0: unpaced
+    luxor_rate_limit_burst: int = Field(20, ge=1, le=100_000)
 
     database_url: str = "postgresql+psycopg://postgres@localhost:5432/luxor_etl"
     database_statement_timeout_seconds: float = Field(30.0, gt=0)
@@ -53,6 +55,7 @@ class Settings(BaseSettings):
     poll_interval_seconds: int = Field(60, ge=5, le=86_400)
     cache_ttl_seconds: int = Field(300, ge=10, le=86_400)
     cache_prefix: str = "luxor"
+    outbox_max_ticks: int | None = Field(None, ge=1, le=1_000_000)
 
     metrics_port: int = Field(9808, ge=1, le=65_535)
     metrics_addr: str = "127.0.0.1"
@@ -119,6 +122,11 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def outbox_limit_ticks(self) -> int:
+        """OUTBOX_MAX_TICKS, by default a day of ticks."""
+        return self.outbox_max_ticks or max(1, 86_400 // self.poll_interval_seconds)
 
     @property
     def tick_time_limit_seconds(self) -> int:

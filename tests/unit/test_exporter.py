@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -40,6 +41,7 @@ def scrape(r, settings) -> dict[str, dict[tuple, float]]:
 
 
 def test_fleet_gauges_equal_the_cache(r, settings) -> None:
+    NOW = datetime.now(UTC).replace(microsecond=0)
     cache.publish_fleet(
         r,
         fleet(NOW, [snap("site-a", NOW, 40, 2), snap("site-b", NOW, 5, 1)]),
@@ -54,7 +56,10 @@ def test_fleet_gauges_equal_the_cache(r, settings) -> None:
         m["luxor_hashrate_hashes_per_second"][(("currency", "BTC"), ("subaccount", "site-a"))]
         == 40e14
     )
-    assert 0 <= m["luxor_cache_age_seconds"][(("currency", "BTC"),)] < 5
+    expected_age_s = time.time() - NOW.timestamp()
+    assert m["luxor_cache_age_seconds"][(("currency", "BTC"),)] == pytest.approx(
+        expected_age_s, abs=2
+    )
 
 
 def test_unknown_is_absent_not_zero(r, settings) -> None:
@@ -122,7 +127,8 @@ def test_long_labels_are_cut_but_stay_distinct() -> None:
 
 def test_healthz_follows_cache_age_and_redis(r, settings) -> None:
     assert healthz(r, settings)[0] is False
-    cache.publish_fleet(r, fleet(NOW, [snap("site-a", NOW)]), keys=KEYS, ttl_seconds=300)
+    now = datetime.now(UTC)
+    cache.publish_fleet(r, fleet(now, [snap("site-a", now)]), keys=KEYS, ttl_seconds=300)
     assert healthz(r, settings) == (True, "ok")
     app = build_wsgi_app(r, settings)
     statuses = []

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RequestObserver = Callable[[str, str], None]  # (endpoint, code) after every attempt
 Sleep = Callable[[float], Awaitable[None]]
+BeforeRequest = Callable[[], Awaitable[None]]
+OnThrottled = Callable[[float], Awaitable[None]]  # seconds the API asked everyone to wait
 
 RETRIABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 FALLBACK_PAGE_SIZE = 100
@@ -45,10 +47,13 @@ STATUSES = frozenset({"ACTIVE", "INACTIVE"})
 class _Retry(Exception):
     """One attempt failed in a way worth retrying."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after_s: float | None = None, throttled: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.throttled = throttled
 
 
 class _Inconsistent(Exception):
@@ -102,7 +107,11 @@ class LuxorClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
         on_request: RequestObserver | None = None,
+        before_request: BeforeRequest | None = None,
+        on_throttled: OnThrottled | None = None,
     ) -> None:
+        self._before_request = before_request
+        self._on_throttled = on_throttled
         self._base_url = base_url.rstrip("/")
         self._origin = _origin(self._base_url)
         self.page_size = page_size
@@ -263,6 +272,8 @@ class LuxorClient:
                         last_reason += f" (Retry-After {exc.retry_after_s:.0f}s is too long)"
                         break
                     delay = max(delay, exc.retry_after_s)
+                if exc.throttled and self._on_throttled is not None:
+                    await self._on_throttled(delay)
                 log.info(
                     "luxor %s attempt %d failed (%s); retrying in %.2fs",
                     endpoint,
@@ -284,6 +295,8 @@ class LuxorClient:
         params: dict[str, Any] | None,
         decode: Callable[[bytes], T],
     ) -> T:
+        if self._before_request is not None:
+            await self._before_request()
         try:
             # The overall bound catches servers that trickle bytes under the read timeout.
             async with asyncio.timeout(self._timeout_s * 3):
