@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +36,11 @@ from worker.snapshot import (
 )
 
 log = logging.getLogger("luxor_etl.tick")
+
+# The tick lock lapses this long after its holder dies (it is renewed while the tick runs).
+TICK_LOCK_TTL_S = 15
+SKIPPED_BUSY = "another tick is running"
+SKIPPED_DONE = "tick already completed"
 
 # The share of the poll interval a tick may spend fetching before it gives up on the rest.
 TICK_DEADLINE_SHARE = 0.8
@@ -389,9 +395,7 @@ def run_tick_locked(
     from redis.exceptions import LockError
 
     keys = cache.CacheKeys(settings.cache_prefix)
-    lock = redis_client.lock(
-        keys.tick_lock(), timeout=settings.tick_time_limit_seconds, blocking=False
-    )
+    lock = redis_client.lock(keys.tick_lock(), timeout=TICK_LOCK_TTL_S, blocking=False)
     observed_at = tick_time(now or datetime.now(UTC), settings.poll_interval_seconds)
     try:
         acquired: bool | None = lock.acquire()
@@ -400,11 +404,12 @@ def run_tick_locked(
         acquired = None
     if acquired is False:
         log.info("another tick is running; skipped", extra={"tick": iso_z(observed_at)})
-        return TickReport(observed_at=observed_at, skipped="another tick is running")
+        return TickReport(observed_at=observed_at, skipped=SKIPPED_BUSY)
+    renewer = _LockRenewer(lock) if acquired else None
     try:
         if skip_completed and acquired and _completed(redis_client, keys) >= iso_z(observed_at):
             log.info("tick already completed; skipped", extra={"tick": iso_z(observed_at)})
-            return TickReport(observed_at=observed_at, skipped="tick already completed")
+            return TickReport(observed_at=observed_at, skipped=SKIPPED_DONE)
         report = run_tick(settings, engine=engine, redis_client=redis_client, now=now, **kwargs)
         if report.cache_error is None and report.auth_error is None:
             try:
@@ -417,10 +422,35 @@ def run_tick_locked(
                 log.warning("recording the tick's completion failed", extra={"reason": str(exc)})
         return report
     finally:
+        if renewer is not None:
+            renewer.stop()
         if acquired:
             # Expired or Redis gone: the lock's TTL ends it.
             with contextlib.suppress(LockError, redis.RedisError):
                 lock.release()
+
+
+class _LockRenewer:
+    """Keeps the tick lock alive while this process works; a crash lets it lapse quickly."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tick-lock-renewer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from redis.exceptions import LockError
+
+        while not self._stopped.wait(TICK_LOCK_TTL_S / 3):
+            try:
+                self._lock.reacquire()
+            except (LockError, redis.RedisError) as exc:
+                log.warning("tick lock could not be renewed", extra={"reason": _one_line(exc)})
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
 
 
 def _completed(redis_client: redis.Redis, keys: cache.CacheKeys) -> str:

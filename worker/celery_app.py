@@ -18,6 +18,7 @@ TICK_TASK = "luxor.tick"
 def create_app(settings: Settings) -> Celery:
     app = Celery("luxor_etl", broker=settings.broker_url, include=["tasks.celery_tasks"])
     time_limit = settings.tick_time_limit_seconds
+    visibility_s = time_limit + 60
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -25,8 +26,9 @@ def create_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_time_limit=time_limit,
         task_soft_time_limit=int(time_limit * 0.9),
-        # Must outlast the time limit, or a running tick is handed to a second worker.
-        broker_transport_options={"visibility_timeout": max(3600, time_limit * 4)},
+        # A Redis broker hands an unacknowledged tick to another worker after this long; the
+        # tick lock and the completed-tick check make a second run of a live tick harmless.
+        broker_transport_options={"visibility_timeout": visibility_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -35,8 +37,10 @@ def create_app(settings: Settings) -> Celery:
             "luxor-tick": {
                 "task": TICK_TASK,
                 "schedule": float(settings.poll_interval_seconds),
-                # A backlog after an outage is dropped, not replayed.
-                "options": {"expires": float(settings.poll_interval_seconds)},
+                # A backlog after an outage is dropped, not replayed; the expiry still leaves
+                # time for a crashed worker's tick to be redelivered. Extra copies that do
+                # arrive find the tick completed and skip it.
+                "options": {"expires": float(visibility_s + settings.poll_interval_seconds)},
             }
         },
         beat_schedule_filename=str(

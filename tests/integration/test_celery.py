@@ -26,9 +26,9 @@ def start(env: dict[str, str], *args: str, log_path) -> subprocess.Popen:
     )
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, *, kill: bool = False) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
