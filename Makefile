@@ -34,5 +34,8 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+chaos: install
+	$(PY) -m bench.chaos --ticks 200 --fault-rate 0.3
+
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache
