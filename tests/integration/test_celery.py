@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 import sqlalchemy as sa
 
@@ -49,6 +50,7 @@ def ticks_stored(engine) -> list[tuple]:
         ]
 
 
+@pytest.mark.sim(api_key="celery-run-secret-key-9")
 def test_worker_and_beat_land_scheduled_ticks(db, redis_client, simulator, tmp_path):
     redis.Redis.from_url(BROKER_URL).flushdb()
     env = etl_env(
@@ -78,6 +80,8 @@ def test_worker_and_beat_land_scheduled_ticks(db, redis_client, simulator, tmp_p
         assert "tick done" in worker_log
         assert redis_client.get("celerytest:v1:BTC:summary") is not None
         assert redis_client.get("celerytest:internal:heartbeat:tick") is not None
+        for log in (worker_log, (tmp_path / "beat.log").read_text()):
+            assert "celery-run-secret-key-9" not in log
     finally:
         stop(beat)
         stop(worker)
