@@ -22,6 +22,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
 from models.store import write_subaccount_ticks
+from tasks.alerts import INLINE, AlertStepReport, run_alert_step
 from worker import cache, health, outbox
 from worker.errors import LuxorAuthError, LuxorBadResponse, LuxorError, LuxorUnavailable
 from worker.luxor.client import LuxorClient
@@ -61,6 +62,7 @@ class TickReport:
     auth_error: str | None = None
     skipped: str | None = None
     duration_s: float = 0.0
+    alerts: AlertStepReport | None = None
 
     @property
     def failures(self) -> list[SubaccountFailure]:
@@ -208,12 +210,12 @@ def tick_rows(snapshot: SubaccountSnapshot) -> dict[str, Any]:
     workers = snapshot.workers
     return {
         "currency": snapshot.currency,
-        "subaccount": snapshot.subaccount,
+        "subaccount": _pg_text(snapshot.subaccount),
         "observed_at": snapshot.observed_at,
         "active": snapshot.active,
         "inactive": snapshot.inactive,
         "hashrate": snapshot.hashrate_hs,
-        "worker_names": [w.name for w in workers],
+        "worker_names": [_pg_text(w.name) for w in workers],
         "worker_active": [w.status == "ACTIVE" for w in workers],
         "worker_hashrates": [w.hashrate_hs for w in workers],
         "worker_efficiencies": [w.efficiency for w in workers],
@@ -223,6 +225,11 @@ def tick_rows(snapshot: SubaccountSnapshot) -> dict[str, Any]:
             int(w.last_share_time.timestamp()) if w.last_share_time else None for w in workers
         ],
     }
+
+
+def _pg_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL (the cache keeps the name exactly as Luxor sent it).
+    return value.replace("\x00", "\ufffd")
 
 
 def run_tick(
@@ -385,12 +392,14 @@ def run_tick_locked(
     redis_client: redis.Redis,
     skip_completed: bool = False,
     now: datetime | None = None,
+    alert_delivery: str = INLINE,
     **kwargs: Any,
 ) -> TickReport:
     """`run_tick` under a Redis lock, so two beats or a slow tick never run two at once.
 
     With `skip_completed`, a tick whose `observed_at` already completed (a second beat, a
     redelivery) is skipped. If Redis is down the tick still runs: its writes are idempotent.
+    Then the alert step: `alert_delivery` is "celery" inside a worker, "inline" elsewhere.
     """
     from redis.exceptions import LockError
 
@@ -411,6 +420,14 @@ def run_tick_locked(
             log.info("tick already completed; skipped", extra={"tick": iso_z(observed_at)})
             return TickReport(observed_at=observed_at, skipped=SKIPPED_DONE)
         report = run_tick(settings, engine=engine, redis_client=redis_client, now=now, **kwargs)
+        # Here rather than in run_tick, whose refused-key path returns early: that tick is
+        # the one auth_failed must page from. An alert failure never fails the tick.
+        try:
+            report.alerts = run_alert_step(
+                settings, report, engine=engine, redis_client=redis_client, delivery=alert_delivery
+            )
+        except Exception:
+            log.exception("alert step failed", extra={"tick": iso_z(report.observed_at)})
         if report.cache_error is None and report.auth_error is None:
             try:
                 ttl = settings.poll_interval_seconds * 3

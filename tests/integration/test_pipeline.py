@@ -241,3 +241,20 @@ def test_migrate_creates_a_missing_database_and_is_repeatable(database_url):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_nul_in_a_name_is_stored_replaced_and_cached_exactly(db, redis_client):
+    from models.store import write_subaccount_ticks
+    from tasks.tick import tick_rows
+    from worker.snapshot import FleetSnapshot, SubaccountSnapshot, WorkerSample
+
+    worker = WorkerSample("1", "rig\x00one", "ACTIVE", 1e14, None, None, None, None, None)
+    snap = SubaccountSnapshot("BTC", "site\x00x", TICK, 1, 0, 1e14, (worker,))
+    assert write_subaccount_ticks(db, [tick_rows(snap)]) == 1
+    [row] = worker_rows(db)
+    assert (row["subaccount"], row["worker_name"]) == ("site\ufffdx", "rig\ufffdone")
+    fleet = FleetSnapshot("BTC", TICK, ("site\x00x",), (snap,), ())
+    keys = cache.CacheKeys("luxor")
+    cache.publish_fleet(redis_client, fleet, keys=keys, ttl_seconds=300)
+    entry = cache.read_subaccount(redis_client, keys, "BTC", "site\x00x")
+    assert entry["workers"][0]["name"] == "rig\x00one"

@@ -128,8 +128,7 @@ def test_hostile_names_are_data() -> None:
         return_value=httpx.Response(200, json=page(workers, None, len(hostile), 0))
     )
     snap = fetch(client())
-    assert [w.name for w in snap.workers][:4] == hostile[:4]
-    assert snap.workers[4].name == "nul\ufffdbyte"  # PostgreSQL text cannot hold NUL
+    assert [w.name for w in snap.workers] == hostile
 
 
 @respx.mock

@@ -334,11 +334,11 @@ def _worker_sample(item: WorkerItem, subaccount: str) -> WorkerSample:
         )
     if item.subaccount_name is not None and item.subaccount_name != subaccount:
         raise LuxorBadResponse("the API returned workers of another subaccount")
-    name = _clean_text(item.name)
+    name = item.name
     if not name:
         raise LuxorBadResponse("a worker has an empty name")
     return WorkerSample(
-        id=_clean_text(str(item.id)) if item.id is not None else name,
+        id=str(item.id) if item.id is not None else name,
         name=name,
         status=status,
         hashrate_hs=item.hashrate,
@@ -346,13 +346,8 @@ def _worker_sample(item: WorkerItem, subaccount: str) -> WorkerSample:
         stale_shares=item.stale_shares,
         rejected_shares=item.rejected_shares,
         last_share_time=item.last_share_time,
-        firmware=_clean_text(item.firmware) if item.firmware is not None else None,
+        firmware=item.firmware,
     )
-
-
-def _clean_text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; everything else is kept as data.
-    return value.replace("\x00", "\ufffd")
 
 
 def _origin(url: str) -> tuple[str, str]:
