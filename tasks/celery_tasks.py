@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import redis
 from celery import Task, shared_task
 from sqlalchemy.engine import Engine
 
 from models.store import make_engine
+from tasks import alerts
 from tasks.tick import SKIPPED_BUSY, run_tick_locked
 from worker.celery_app import TICK_TASK, app
 from worker.settings import Settings
@@ -41,8 +43,42 @@ def tick(self: Task) -> int:
     lapsed yet) it tries again shortly; the message's expiry bounds how long.
     """
     report = run_tick_locked(
-        _settings(), engine=_engine(), redis_client=_redis(), skip_completed=True
+        _settings(),
+        engine=_engine(),
+        redis_client=_redis(),
+        skip_completed=True,
+        alert_delivery=alerts.CELERY,
     )
     if report.skipped == SKIPPED_BUSY:
         raise self.retry(countdown=LOCK_RETRY_S)
     return report.exit_code
+
+
+@shared_task(bind=True, name=alerts.DELIVER_TASK, ignore_result=True, max_retries=None)
+def deliver_alert(
+    self: Task, notification_id: int | None = None, message: dict[str, Any] | None = None
+) -> str:
+    """Deliver one alert notification; network errors, 429 and 5xx retry with exponential
+    backoff until its delivery window (an hour) closes, other 4xx fail at once."""
+    # An ETA longer than the broker's visibility timeout would be handed out twice.
+    visibility_s = (app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
+    delay_s = min(alerts.task_backoff_s(self.request.retries), visibility_s / 2)
+    if notification_id is not None:
+        result = alerts.deliver_queued(
+            _settings(),
+            engine=_engine(),
+            redis_client=_redis(),
+            notification_id=notification_id,
+            retry_delay_s=delay_s,
+        )
+    else:
+        result = alerts.deliver_message(
+            _settings(),
+            redis_client=_redis(),
+            message=message or {},
+            attempt=self.request.retries,
+            retry_delay_s=delay_s,
+        )
+    if result.retry_in_s is not None:
+        raise self.retry(countdown=min(result.retry_in_s, visibility_s / 2))
+    return result.result

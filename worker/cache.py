@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +51,22 @@ class CacheKeys:
     def known_subaccounts(self, currency: str) -> str:
         return f"{self.prefix}:internal:{currency}:known-subaccounts"
 
+    def staging(self, token: str, currency: str, name: str) -> str:
+        """A fresh subaccount value written before its tick commits (see stage_subaccounts)."""
+        return f"{self.prefix}:internal:staging:{token}:{currency}:{key_segment(name)}"
+
+    def alert_counts(self, currency: str) -> str:
+        """Recent active counts per subaccount, for the alert rules while PostgreSQL is away."""
+        return f"{self.prefix}:internal:{currency}:alert-counts"
+
+    def alert_last_active(self, currency: str, name: str) -> str:
+        """When each worker of a subaccount was last seen ACTIVE, for the same purpose."""
+        return f"{self.prefix}:internal:{currency}:alert-last-active:{key_segment(name)}"
+
+    def alert_episodes(self, currency: str) -> str:
+        """A copy of the live alert episodes, kept in step with PostgreSQL."""
+        return f"{self.prefix}:internal:{currency}:alert-episodes"
+
 
 @dataclass
 class Publication:
@@ -89,6 +106,50 @@ def subaccount_doc(snapshot: SubaccountSnapshot) -> dict[str, Any]:
     }
 
 
+def subaccount_json(snapshot: SubaccountSnapshot) -> bytes:
+    """The `…:subaccount:{name}` value: the list entry plus every worker."""
+    head = subaccount_doc(snapshot)
+    if all(_plain_utc(w.last_share_time) for w in snapshot.workers):
+        # WorkerSample encodes to exactly worker_doc's JSON (field names and order), in C.
+        return _encode(head)[:-1] + b',"workers":' + _encode(snapshot.workers) + b"}"
+    return _encode(head | {"workers": [worker_doc(w) for w in snapshot.workers]})
+
+
+def _plain_utc(moment: datetime | None) -> bool:
+    return moment is None or (moment.tzinfo is UTC and moment.microsecond == 0)
+
+
+@dataclass(frozen=True)
+class StagedEntry:
+    """A subaccount's fresh cache value, written under a staging key until the commit."""
+
+    entry: dict[str, Any]  # the list entry (no workers)
+    staging_key: str
+
+
+def stage_subaccounts(
+    client: redis.Redis,
+    snapshots: Iterable[SubaccountSnapshot],
+    *,
+    keys: CacheKeys,
+    token: str,
+    ttl_seconds: int,
+) -> dict[str, StagedEntry]:
+    """Write fresh subaccount values under staging keys in one pipeline, invisible to readers.
+
+    `commit_fleet` later renames them into place in the tick's single MULTI/EXEC, so a tick
+    can write its cache in chunks while readers still never see two ticks mixed.
+    """
+    staged: dict[str, StagedEntry] = {}
+    with client.pipeline(transaction=False) as pipe:
+        for snapshot in snapshots:
+            key = keys.staging(token, snapshot.currency, snapshot.subaccount)
+            pipe.set(key, subaccount_json(snapshot), ex=ttl_seconds)
+            staged[snapshot.subaccount] = StagedEntry(subaccount_doc(snapshot), key)
+        pipe.execute()
+    return staged
+
+
 def publish_fleet(
     client: redis.Redis, fleet: FleetSnapshot, *, keys: CacheKeys, ttl_seconds: int
 ) -> Publication:
@@ -98,9 +159,71 @@ def publish_fleet(
     expires; without one they are missing. With no fresh subaccount at all, the summary and
     list keep their TTL too, so an outage ages the cache out instead of renewing old numbers.
     """
-    currency = fleet.currency
-    result = Publication(fresh=[s.subaccount for s in fleet.snapshots])
-    failed = [f.subaccount for f in fleet.failures]
+    fresh = {s.subaccount: (subaccount_doc(s), subaccount_json(s)) for s in fleet.snapshots}
+    return _publish(
+        client,
+        currency=fleet.currency,
+        observed_at=fleet.observed_at,
+        subaccounts=fleet.subaccounts,
+        listing_error=fleet.listing_error,
+        fresh={name: entry for name, (entry, _) in fresh.items()},
+        failed=[f.subaccount for f in fleet.failures],
+        keys=keys,
+        ttl_seconds=ttl_seconds,
+        write_fresh=lambda pipe, name: pipe.set(
+            keys.subaccount(fleet.currency, name), fresh[name][1], ex=ttl_seconds
+        ),
+    )
+
+
+def commit_fleet(
+    client: redis.Redis,
+    *,
+    currency: str,
+    observed_at: datetime,
+    subaccounts: Sequence[str],
+    listing_error: str | None,
+    staged: Mapping[str, StagedEntry],
+    failed: Sequence[str],
+    keys: CacheKeys,
+    ttl_seconds: int,
+) -> Publication:
+    """`publish_fleet` for values already staged by `stage_subaccounts`: the same single
+    MULTI/EXEC, renaming each staged value into place instead of sending it again."""
+
+    def write_fresh(pipe: Any, name: str) -> None:
+        target = keys.subaccount(currency, name)
+        pipe.rename(staged[name].staging_key, target)
+        pipe.expire(target, ttl_seconds)
+
+    return _publish(
+        client,
+        currency=currency,
+        observed_at=observed_at,
+        subaccounts=subaccounts,
+        listing_error=listing_error,
+        fresh={name: s.entry for name, s in staged.items()},
+        failed=failed,
+        keys=keys,
+        ttl_seconds=ttl_seconds,
+        write_fresh=write_fresh,
+    )
+
+
+def _publish(
+    client: redis.Redis,
+    *,
+    currency: str,
+    observed_at: datetime,
+    subaccounts: Sequence[str],
+    listing_error: str | None,
+    fresh: Mapping[str, dict[str, Any]],
+    failed: Sequence[str],
+    keys: CacheKeys,
+    ttl_seconds: int,
+    write_fresh: Callable[[Any, str], Any],
+) -> Publication:
+    result = Publication(fresh=list(fresh))
     previous = client.mget([keys.subaccount(currency, name) for name in failed]) if failed else []
 
     entries: dict[str, dict[str, Any]] = {}
@@ -114,37 +237,32 @@ def publish_fleet(
         stale_docs[name] = doc
         entries[name] = {k: v for k, v in doc.items() if k != "workers"}
         result.stale.append(name)
-
-    fresh_docs = {s.subaccount: s for s in fleet.snapshots}
-    for snapshot in fleet.snapshots:
-        entries[snapshot.subaccount] = subaccount_doc(snapshot)
+    entries.update(fresh)
 
     listing = [entries[name] for name in sorted(entries)]
     summary = {
         "schema_version": SCHEMA_VERSION,
         "currency": currency,
-        "observed_at": max((e["observed_at"] for e in listing), default=iso_z(fleet.observed_at)),
+        "observed_at": max((e["observed_at"] for e in listing), default=iso_z(observed_at)),
         "active": sum(e["active"] for e in listing),
         "inactive": sum(e["inactive"] for e in listing),
         "hashrate": sum(e["hashrate"] for e in listing),
-        "subaccounts": len(fleet.subaccounts),
+        "subaccounts": len(subaccounts),
         "stale_subaccounts": sorted(result.stale),
         "missing_subaccounts": sorted(result.missing),
     }
     # An empty listing is a known-empty fleet only when the listing itself succeeded.
-    known_empty = not fleet.subaccounts and fleet.listing_error is None
+    known_empty = not subaccounts and listing_error is None
     result.summary = summary if listing or known_empty else None
 
     with client.pipeline(transaction=True) as pipe:
-        for name, snapshot in fresh_docs.items():
-            doc = entries[name] | {"workers": [worker_doc(w) for w in snapshot.workers]}
-            pipe.set(keys.subaccount(currency, name), _encode(doc), ex=ttl_seconds)
+        for name in fresh:
+            write_fresh(pipe, name)
         for name, doc in stale_docs.items():
             # XX: if the old entry expired meanwhile, do not resurrect it without a TTL.
             pipe.set(keys.subaccount(currency, name), _encode(doc), xx=True, keepttl=True)
         if result.summary is not None:
-            fresh = fresh_docs or known_empty
-            renew = {"ex": ttl_seconds} if fresh else {"xx": True, "keepttl": True}
+            renew = {"ex": ttl_seconds} if fresh or known_empty else {"xx": True, "keepttl": True}
             pipe.set(keys.subaccounts(currency), _encode(listing), **renew)
             pipe.set(keys.summary(currency), _encode(summary), **renew)
         pipe.execute()

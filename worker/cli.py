@@ -124,7 +124,7 @@ def poll_once(as_json: bool) -> None:
         settings.database_url, statement_timeout_s=settings.database_statement_timeout_seconds
     )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    report = run_tick_locked(settings, engine=engine, redis_client=client)
+    report = run_tick_locked(settings, engine=engine, redis_client=client, alert_delivery="inline")
     if as_json:
         click.echo(json.dumps(_report_json(report), indent=2))
     else:
@@ -182,6 +182,9 @@ def _report_table(report: Any) -> str:
         lines.append(f"PostgreSQL: {report.store_error}")
     if report.cache_error:
         lines.append(f"Redis: {report.cache_error}")
+    if report.alerts is not None:
+        lines.append(f"alerts: {printable(report.alerts.line(), 400)}")
+        lines += [f"alerts: {printable(e, 300)}" for e in report.alerts.errors]
     return "\n".join(lines)
 
 
@@ -216,6 +219,17 @@ def _report_json(report: Any) -> dict[str, Any]:
             }
             for f in report.failures
         ],
+        "alerts": None
+        if report.alerts is None
+        else {
+            "source": report.alerts.source,
+            "opened": report.alerts.opened,
+            "resolved": report.alerts.resolved,
+            "firing": report.alerts.firing,
+            "notifications": report.alerts.queued,
+            "delivered": dict(report.alerts.delivered),
+            "errors": report.alerts.errors,
+        },
     }
 
 
@@ -278,7 +292,7 @@ def simulate(**options: Any) -> None:
 @click.option("--health", is_flag=True, help="Exit 0 only if ticks are completing on time.")
 @edge
 def status(as_json: bool, health: bool) -> None:
-    """What the dashboard sees now: summary, cache age, stale/missing subaccounts."""
+    """What the dashboard sees now: summary, cache age, stale/missing subaccounts, alerts."""
     import redis
 
     from worker import cache
@@ -300,15 +314,134 @@ def status(as_json: bool, health: bool) -> None:
     except redis.RedisError as exc:
         fail(f"Redis at REDIS_URL is unreachable: {exc}")
     now = datetime.now(UTC)
+    firing, alerts_error = _firing_alerts(settings)
     if as_json:
-        click.echo(
-            json.dumps(
-                {c: {"summary": s, "subaccounts": rows} for c, (s, rows) in views.items()}, indent=2
-            )
-        )
+        doc = {
+            c: {
+                "summary": s,
+                "subaccounts": rows,
+                "firing_alerts": None
+                if firing is None
+                else [_alert_json(a) for a in firing if a["currency"] == c],
+            }
+            for c, (s, rows) in views.items()
+        }
+        click.echo(json.dumps(doc, indent=2))
         return
     for currency, (summary, listing) in views.items():
         click.echo(_status_text(currency, summary, listing, now))
+    click.echo(_alerts_text(firing, alerts_error))
+
+
+def _firing_alerts(settings: Settings) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Firing episodes from the database, or None and why when it does not answer."""
+    import sqlalchemy.exc
+
+    from models.alert_store import firing_alerts
+    from models.store import make_engine
+
+    engine = make_engine(settings.database_url, statement_timeout_s=5)
+    try:
+        return firing_alerts(engine), None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        return None, _db_error(exc)
+    finally:
+        engine.dispose()
+
+
+def _alert_json(alert: dict[str, Any]) -> dict[str, Any]:
+    details = alert["details"] or {}
+    return {
+        "kind": alert["kind"],
+        "currency": alert["currency"],
+        "subaccount": alert["subaccount"],
+        "started_at": f"{alert['started_at']:%Y-%m-%dT%H:%M:%SZ}",
+        "baseline": alert["baseline"],
+        "current": alert["current"],
+        "workers_down": details.get("workers_down", []),
+        "workers_down_more": details.get("workers_down_more", 0),
+        "dedup_key": alert["dedup_key"],
+    }
+
+
+def _alerts_text(firing: list[dict[str, Any]] | None, error: str | None) -> str:
+    if firing is None:
+        return f"firing alerts: unknown (PostgreSQL at DATABASE_URL: {printable(error or '', 200)})"
+    if not firing:
+        return "firing alerts: none"
+    lines = [f"firing alerts ({len(firing)}):"]
+    for alert in firing:
+        doc = _alert_json(alert)
+        where = printable(doc["subaccount"]) if doc["subaccount"] is not None else "fleet"
+        line = f"  {doc['kind']} {doc['currency']} {where} since {doc['started_at']}"
+        if doc["baseline"] is not None and doc["current"] is not None:
+            line += f": {doc['current']:.0f} active, was {doc['baseline']:.0f}"
+        if doc["workers_down"]:
+            shown = ", ".join(printable(n, 60) for n in doc["workers_down"][:5])
+            rest = max(0, len(doc["workers_down"]) - 5) + doc["workers_down_more"]
+            line += f"; down: {shown}" + (f" (+{rest} more)" if rest > 0 else "")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@main.group()
+def alerts() -> None:
+    """On-call alerts: check the configured channels."""
+
+
+@alerts.command("test")
+@edge
+def alerts_test() -> None:
+    """Send a clearly marked test alert to every configured channel; exit 1 if one fails."""
+    import contextlib
+    import socket
+
+    import redis
+
+    from worker import cache, health
+    from worker.alerts import channels, rules
+
+    settings = settings_with_logging()
+    configured = channels.configured_channels(settings)
+    if not configured:
+        fail(
+            "configuration error: no alert channel is configured; set ALERT_WEBHOOK_URL, "
+            "ALERTMANAGER_URL, PAGERDUTY_ROUTING_KEY or SLACK_WEBHOOK_URL",
+            EXIT_CONFIG,
+        )
+    event = rules.test_event(
+        settings.luxor_currencies[0],
+        datetime.now(UTC),
+        source=socket.gethostname(),
+        dashboard_url=settings.alert_dashboard_url,
+        runbook_url=settings.alert_runbook_url,
+    )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    keys = cache.CacheKeys(settings.cache_prefix)
+    failed = []
+    for channel in configured:
+        body = channels.body_for(channel, [event], hold_seconds=300)
+
+        def counted(outcome: channels.Outcome, final: bool, channel: str = channel) -> None:
+            result = {channels.SENT: "sent", channels.FAILED: "failed"}.get(outcome.result)
+            result = result or ("failed" if final else "retried")
+            channels.log_attempt(channel, rules.TEST, result, outcome, {})
+            with contextlib.suppress(redis.RedisError):
+                health.record_alert_delivery(client, keys, rules.TEST, channel, result)
+
+        outcome = channels.deliver_with_retries(
+            settings, channel, body, delays_s=(0.5, 1.0), on_attempt=counted
+        )
+        if outcome.result == channels.SENT:
+            click.echo(f"{channel:<13} sent (HTTP {outcome.status_code})")
+        else:
+            failed.append(channel)
+            click.echo(f"{channel:<13} FAILED: {printable(outcome.reason, 200)}")
+    click.echo(
+        f"test alert {event.dedup_key}: {len(configured) - len(failed)} of "
+        f"{len(configured)} channels reached"
+    )
+    sys.exit(EXIT_PARTIAL if failed else EXIT_OK)
 
 
 def _status_text(currency: str, summary: dict | None, listing: list | None, now: datetime) -> str:

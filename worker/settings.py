@@ -60,6 +60,21 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9808, ge=1, le=65_535)
     metrics_addr: str = "127.0.0.1"
 
+    alert_drop_min: int = Field(3, ge=1, le=1_000_000)
+    alert_drop_percent: float = Field(10.0, ge=0, le=100)
+    alert_window_minutes: int = Field(15, ge=1, le=1440)
+    alert_stale_minutes: int = Field(10, ge=1, le=10_080)
+    alert_repeat_minutes: int = Field(60, ge=1, le=10_080)
+    alert_surge_enabled: bool = False
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: SecretStr | None = None
+    alertmanager_url: str | None = None
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    slack_webhook_url: SecretStr | None = None
+    alert_dashboard_url: str | None = None
+    alert_runbook_url: str | None = None
+
     @field_validator("luxor_currencies", "luxor_subaccounts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -84,6 +99,32 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http(s) URL such as https://app.luxor.tech/api/v2")
         return value.rstrip("/")
+
+    @field_validator(
+        "alert_webhook_url",
+        "alertmanager_url",
+        "pagerduty_events_url",
+        "alert_dashboard_url",
+        "alert_runbook_url",
+        mode="before",
+    )
+    @classmethod
+    def _optional_http_url(cls, value: Any, info: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return cls.model_fields[info.field_name].default
+        if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value.strip()):
+            raise ValueError("must be an http(s) URL")
+        return value.strip()
+
+    @field_validator("alert_webhook_secret", "pagerduty_routing_key", "slack_webhook_url")
+    @classmethod
+    def _optional_secret(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        text = value.get_secret_value().strip()
+        if info.field_name == "slack_webhook_url" and not re.match(r"^https?://[^/\s]+", text):
+            raise ValueError("must be an http(s) URL (the Slack incoming webhook)")
+        return SecretStr(text)
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,1 @@
+"""On-call alerts: pure rules (`rules`) and the channels that carry them (`channels`)."""
