@@ -509,6 +509,8 @@ def test_amtool_check_config() -> None:
     [
         (["severity=page", "alertname=LuxorWorkersDrop"], "oncall-page"),
         (["severity=warning", "alertname=LuxorCacheStale"], "oncall-warning"),
+        (["severity=critical", "alertname=LuxorWorkersDrop", "source=luxor-etl"], "oncall-page"),
+        (["severity=error", "alertname=LuxorDataStale", "source=luxor-etl"], "oncall-warning"),
         (["alertname=Other"], "null"),
     ],
 )
@@ -528,8 +530,8 @@ def test_alertmanager_routes_by_severity(labels: list[str], receiver: str) -> No
 def test_alertmanager_inhibits_warnings_under_a_page() -> None:
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
     assert any(
-        rule.get("source_matchers") == ['severity="page"']
-        and rule.get("target_matchers") == ['severity="warning"']
+        rule.get("source_matchers") == ['severity=~"page|critical"']
+        and rule.get("target_matchers") == ['severity=~"warning|error"']
         for rule in config["inhibit_rules"]
     )
 
