@@ -37,5 +37,9 @@ format: install
 chaos: install
 	$(PY) -m bench.chaos --ticks 200 --fault-rate 0.3
 
+# Needs PostgreSQL and Redis on localhost; BENCH_ARGS=--skip-1m for a shorter run.
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache

@@ -125,7 +125,7 @@ def run_ticks(first: int, last: int, progress: Path) -> None:
                 "ok": [s.subaccount for f in report.fleets for s in f.snapshots],
                 "failed": [f"{f.subaccount}: {f.reason}" for f in report.failures],
                 "parked": report.parked,
-                "store_error": bool(report.store_error),
+                "store_error": report.store_error,
                 "cache_error": bool(report.cache_error),
                 "skipped": report.skipped,
             }

@@ -26,6 +26,7 @@ JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 # One row per subaccount per successful tick: the counts, and every worker as parallel
 # arrays (one TOASTed value per column instead of a row per worker keeps it small).
+# On PostgreSQL it is range-partitioned by day on observed_at (migration 0003).
 subaccount_ticks = sa.Table(
     "subaccount_ticks",
     metadata,
@@ -39,10 +40,31 @@ subaccount_ticks = sa.Table(
     sa.Column("worker_active", _array(sa.Boolean), nullable=False),
     sa.Column("worker_hashrates", _array(sa.Float(53)), nullable=False),
     sa.Column("worker_efficiencies", _array(sa.Float(53)), nullable=False),
-    sa.Column("worker_stale_shares", _array(sa.Float(53)), nullable=False),
-    sa.Column("worker_rejected_shares", _array(sa.Float(53)), nullable=False),
+    # Share ratios keep float4 precision (~7 significant digits); see migration 0003.
+    sa.Column("worker_stale_shares", _array(sa.REAL), nullable=False),
+    sa.Column("worker_rejected_shares", _array(sa.REAL), nullable=False),
     sa.Column("worker_last_share_epochs", _array(sa.BigInteger), nullable=False),
     sa.PrimaryKeyConstraint("currency", "subaccount", "observed_at"),
+)
+
+# Hourly per-subaccount aggregates, kept longer than the raw ticks (tasks/maintenance.py).
+subaccount_rollups_hourly = sa.Table(
+    "subaccount_rollups_hourly",
+    metadata,
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("subaccount", sa.Text, nullable=False),
+    sa.Column("hour", TIMESTAMP, nullable=False),
+    sa.Column("samples", sa.Integer, nullable=False),
+    sa.Column("active_avg", sa.Float(53), nullable=False),
+    sa.Column("active_min", sa.Integer, nullable=False),
+    sa.Column("active_max", sa.Integer, nullable=False),
+    sa.Column("inactive_avg", sa.Float(53), nullable=False),
+    sa.Column("inactive_min", sa.Integer, nullable=False),
+    sa.Column("inactive_max", sa.Integer, nullable=False),
+    sa.Column("hashrate_avg", sa.Float(53), nullable=False),
+    sa.Column("hashrate_min", sa.Float(53), nullable=False),
+    sa.Column("hashrate_max", sa.Float(53), nullable=False),
+    sa.PrimaryKeyConstraint("currency", "subaccount", "hour"),
 )
 
 alerts = sa.Table(

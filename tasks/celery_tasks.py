@@ -10,7 +10,8 @@ from celery import Task, shared_task
 from sqlalchemy.engine import Engine
 
 from models.store import make_engine
-from tasks import alerts
+from tasks import alerts, scaleout
+from tasks.maintenance import MAINTENANCE_TASK, run_maintenance
 from tasks.tick import SKIPPED_BUSY, run_tick_locked
 from worker.celery_app import TICK_TASK, app
 from worker.settings import Settings
@@ -42,16 +43,53 @@ def tick(self: Task) -> int:
     While another tick holds the lock (a slow tick, or a crashed worker whose lock has not
     lapsed yet) it tries again shortly; the message's expiry bounds how long.
     """
-    report = run_tick_locked(
-        _settings(),
-        engine=_engine(),
-        redis_client=_redis(),
-        skip_completed=True,
-        alert_delivery=alerts.CELERY,
-    )
+    settings = _settings()
+    if settings.tick_chunk_subaccounts:
+        report = scaleout.start_tick(
+            settings,
+            engine=_engine(),
+            redis_client=_redis(),
+            send_chunk=_send_chunk,
+            alert_delivery=alerts.CELERY,
+        )
+    else:
+        report = run_tick_locked(
+            settings,
+            engine=_engine(),
+            redis_client=_redis(),
+            skip_completed=True,
+            alert_delivery=alerts.CELERY,
+        )
     if report.skipped == SKIPPED_BUSY:
         raise self.retry(countdown=LOCK_RETRY_S)
     return report.exit_code
+
+
+def _send_chunk(observed_at: str, index: int, names: list[str]) -> None:
+    # A chunk not started while its tick could still finish is dropped, not run late.
+    tick_chunk.apply_async(
+        args=(observed_at, index, names), expires=float(_settings().tick_time_limit_seconds)
+    )
+
+
+@shared_task(name=scaleout.CHUNK_TASK, ignore_result=True)
+def tick_chunk(observed_at: str, index: int, names: list[str]) -> str:
+    """One chunk of a tick split across workers (TICK_CHUNK_SUBACCOUNTS)."""
+    return scaleout.run_chunk(
+        _settings(),
+        engine=_engine(),
+        redis_client=_redis(),
+        observed_at=observed_at,
+        index=index,
+        names=names,
+        alert_delivery=alerts.CELERY,
+    )
+
+
+@shared_task(name=MAINTENANCE_TASK, ignore_result=True)
+def maintenance() -> None:
+    """Partitions ahead, hourly rollups, retention (tasks/maintenance.py)."""
+    run_maintenance(_settings(), engine=_engine())
 
 
 @shared_task(bind=True, name=alerts.DELIVER_TASK, ignore_result=True, max_retries=None)

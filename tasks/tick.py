@@ -11,19 +11,19 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import redis
-import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
 from models.store import write_subaccount_ticks
 from tasks.alerts import INLINE, AlertStepReport, run_alert_step
-from worker import cache, health, outbox
+from tasks.writer import TickWriter
+from worker import cache, health
 from worker.errors import LuxorAuthError, LuxorBadResponse, LuxorError, LuxorUnavailable
 from worker.luxor.client import LuxorClient
 from worker.ratelimit import SharedRateLimiter
@@ -49,7 +49,11 @@ TICK_DEADLINE_SHARE = 0.8
 
 @dataclass
 class TickReport:
-    """What one tick did, for the CLI table, the logs and the exit code."""
+    """What one tick did, for the CLI table, the logs and the exit code.
+
+    `fleets` keep every subaccount's counts and each worker's name and status; the other
+    worker fields are released once written (see tasks/writer.py).
+    """
 
     observed_at: datetime
     fleets: list[FleetSnapshot] = field(default_factory=list)
@@ -97,8 +101,15 @@ async def collect(
     transport: httpx.AsyncBaseTransport | None = None,
     on_request: Callable[[str, str], None] | None = None,
     deadline_s: float | None = None,
+    on_snapshot: Callable[[SubaccountSnapshot], SubaccountSnapshot] | None = None,
+    subaccounts: Sequence[str] | None = None,
 ) -> list[FleetSnapshot]:
-    """Fetch every configured currency and subaccount; failures become gaps, never zeros."""
+    """Fetch every configured currency and subaccount; failures become gaps, never zeros.
+
+    `on_snapshot` receives each subaccount as soon as all its pages are in, so writers can
+    start before the slowest subaccount is done; what it returns is what the fleet keeps.
+    `subaccounts` skips the listing (a chunk of a tick the coordinator already listed).
+    """
     limiter = SharedRateLimiter(
         settings.redis_url,
         settings.cache_prefix,
@@ -120,7 +131,9 @@ async def collect(
     async with client, contextlib.aclosing(limiter):
         listing_error: str | None = None
         try:
-            names = await client.list_subaccounts()
+            names = (
+                list(subaccounts) if subaccounts is not None else await client.list_subaccounts()
+            )
         except LuxorAuthError:
             raise
         except LuxorError as exc:
@@ -142,9 +155,14 @@ async def collect(
         async def fetch(currency: str, name: str) -> SubaccountSnapshot | SubaccountFailure:
             async with semaphore:
                 try:
-                    return await client.fetch_subaccount(currency, name, observed_at)
+                    snapshot = await client.fetch_subaccount(currency, name, observed_at)
                 except LuxorError as exc:
                     return SubaccountFailure(currency, name, str(exc), _error_kind(exc))
+            # No await between here and the return: a deadline cannot cancel a subaccount
+            # that was already handed over.
+            if on_snapshot is not None and listing_error is None:
+                return on_snapshot(snapshot)
+            return snapshot
 
         fleets: list[FleetSnapshot] = []
         for currency in settings.luxor_currencies:
@@ -215,7 +233,7 @@ def tick_rows(snapshot: SubaccountSnapshot) -> dict[str, Any]:
         "active": snapshot.active,
         "inactive": snapshot.inactive,
         "hashrate": snapshot.hashrate_hs,
-        "worker_names": [_pg_text(w.name) for w in workers],
+        "worker_names": _pg_texts([w.name for w in workers]),
         "worker_active": [w.status == "ACTIVE" for w in workers],
         "worker_hashrates": [w.hashrate_hs for w in workers],
         "worker_efficiencies": [w.efficiency for w in workers],
@@ -225,6 +243,11 @@ def tick_rows(snapshot: SubaccountSnapshot) -> dict[str, Any]:
             int(w.last_share_time.timestamp()) if w.last_share_time else None for w in workers
         ],
     }
+
+
+def _pg_texts(values: list[str]) -> list[str]:
+    # One C-level scan; names with a NUL are rare.
+    return [_pg_text(v) for v in values] if "\x00" in "".join(values) else values
 
 
 def _pg_text(value: str) -> str:
@@ -260,8 +283,17 @@ def run_tick(
         if on_request is not None:
             on_request(endpoint, code)
 
+    # Subaccounts are stored and staged in chunks as they complete, while others still fetch.
+    writer = TickWriter(
+        settings,
+        engine=engine,
+        redis_client=redis_client,
+        observed_at=observed_at,
+        write_rows=write_subaccount_ticks,
+        rows_of=tick_rows,
+    )
     try:
-        report.fleets = asyncio.run(
+        report.fleets = _run_returning(
             collect(
                 settings,
                 observed_at,
@@ -269,9 +301,11 @@ def run_tick(
                 transport=transport,
                 on_request=count_request,
                 deadline_s=settings.poll_interval_seconds * TICK_DEADLINE_SHARE,
+                on_snapshot=writer.add,
             )
         )
     except LuxorAuthError as exc:
+        writer.abandon()
         report.auth_error = str(exc)
         log.error("luxor refused the API key", extra={"tick": iso_z(observed_at)})
         with contextlib.suppress(redis.RedisError):
@@ -279,13 +313,49 @@ def run_tick(
         report.duration_s = time.monotonic() - started
         return report
 
-    rows = [tick_rows(s) for fleet in report.fleets for s in fleet.snapshots]
-    _store(settings, engine, redis_client, keys, rows, report)
+    writer.finish()
+    report.rows_written = writer.rows_written
+    report.replayed_rows = writer.replayed_rows
+    report.store_error = writer.store_error
+    report.parked = writer.parked
+    report.cache_error = writer.cache_error
+    return finish_tick(
+        settings,
+        redis_client=redis_client,
+        report=report,
+        staged=writer.staged,
+        api_requests=api_requests,
+        started=started,
+    )
 
+
+def finish_tick(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis,
+    report: TickReport,
+    staged: Mapping[str, Mapping[str, cache.StagedEntry]],
+    api_requests: Counter[tuple[str, str]],
+    started: float,
+) -> TickReport:
+    """Publish a tick whose rows are stored and whose fresh cache values are staged: the cache
+    commit (one MULTI/EXEC per currency), the health counters, and the tick's log lines."""
+    keys = cache.CacheKeys(settings.cache_prefix)
+    observed_at = report.observed_at
     try:
+        if report.cache_error is not None:
+            raise redis.RedisError(report.cache_error)
         for fleet in report.fleets:
-            report.publications[fleet.currency] = cache.publish_fleet(
-                redis_client, fleet, keys=keys, ttl_seconds=settings.cache_ttl_seconds
+            report.publications[fleet.currency] = cache.commit_fleet(
+                redis_client,
+                currency=fleet.currency,
+                observed_at=fleet.observed_at,
+                subaccounts=fleet.subaccounts,
+                listing_error=fleet.listing_error,
+                staged=staged.get(fleet.currency, {}),
+                failed=[f.subaccount for f in fleet.failures],
+                keys=keys,
+                ttl_seconds=settings.cache_ttl_seconds,
             )
             if fleet.listing_error is None:
                 cache.remember_subaccounts(redis_client, keys, fleet.currency, fleet.subaccounts)
@@ -337,47 +407,19 @@ def run_tick(
     return report
 
 
-def _store(
-    settings: Settings,
-    engine: Engine,
-    redis_client: redis.Redis,
-    keys: cache.CacheKeys,
-    rows: list[dict[str, Any]],
-    report: TickReport,
-) -> None:
-    """Write parked ticks, then this one; if PostgreSQL is away, park this tick's rows."""
+def _run_returning(coroutine: Any) -> Any:
+    """`asyncio.run(coroutine)`, without Python 3.11's repr of the result.
 
-    def write(batch: list[dict[str, Any]]) -> int:
-        return write_subaccount_ticks(engine, batch)
+    On the main thread, asyncio.run's SIGINT bookkeeping formats the main task (result
+    included) into an error message it then discards: ~0.4 s twice for a 100k-worker fleet.
+    """
+    box: list[Any] = []
 
-    tick = iso_z(report.observed_at)
-    try:
-        report.replayed_rows = outbox.drain(redis_client, keys, write)
-        if report.replayed_rows:
-            log.info("parked snapshots written", extra={"tick": tick, "rows": report.replayed_rows})
-        report.rows_written = write(rows)
-        return
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        report.store_error = _one_line(exc)
-    except redis.RedisError:
-        # No outbox to drain: write this tick directly; parked ticks wait for Redis.
-        try:
-            report.rows_written = write(rows)
-            return
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            report.store_error = _one_line(exc)
-    log.error("writing snapshots failed", extra={"tick": tick, "reason": report.store_error})
-    if not rows:
-        return
-    try:
-        outbox.park(redis_client, keys, rows, settings.outbox_limit_ticks)
-        report.parked = True
-        log.warning("snapshots parked in the outbox", extra={"tick": tick, "rows": len(rows)})
-    except redis.RedisError as exc:
-        log.error(
-            "PostgreSQL and Redis both unreachable: this tick's snapshots are lost",
-            extra={"tick": tick, "reason": _one_line(exc)},
-        )
+    async def main() -> None:
+        box.append(await coroutine)
+
+    asyncio.run(main())
+    return box[0]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -420,23 +462,13 @@ def run_tick_locked(
             log.info("tick already completed; skipped", extra={"tick": iso_z(observed_at)})
             return TickReport(observed_at=observed_at, skipped=SKIPPED_DONE)
         report = run_tick(settings, engine=engine, redis_client=redis_client, now=now, **kwargs)
-        # Here rather than in run_tick, whose refused-key path returns early: that tick is
-        # the one auth_failed must page from. An alert failure never fails the tick.
-        try:
-            report.alerts = run_alert_step(
-                settings, report, engine=engine, redis_client=redis_client, delivery=alert_delivery
-            )
-        except Exception:
-            log.exception("alert step failed", extra={"tick": iso_z(report.observed_at)})
-        if report.cache_error is None and report.auth_error is None:
-            try:
-                ttl = settings.poll_interval_seconds * 3
-                with redis_client.pipeline(transaction=False) as pipe:
-                    pipe.set(keys.last_tick(), iso_z(report.observed_at))
-                    pipe.set(keys.heartbeat("tick"), iso_z(datetime.now(UTC)), ex=ttl)
-                    pipe.execute()
-            except redis.RedisError as exc:
-                log.warning("recording the tick's completion failed", extra={"reason": str(exc)})
+        complete_tick(
+            settings,
+            report,
+            engine=engine,
+            redis_client=redis_client,
+            alert_delivery=alert_delivery,
+        )
         return report
     finally:
         if renewer is not None:
@@ -445,6 +477,35 @@ def run_tick_locked(
             # Expired or Redis gone: the lock's TTL ends it.
             with contextlib.suppress(LockError, redis.RedisError):
                 lock.release()
+
+
+def complete_tick(
+    settings: Settings,
+    report: TickReport,
+    *,
+    engine: Engine,
+    redis_client: redis.Redis,
+    alert_delivery: str = INLINE,
+) -> None:
+    """After a tick: the alert step, then the completion marks (last tick, heartbeat)."""
+    keys = cache.CacheKeys(settings.cache_prefix)
+    # Here rather than in run_tick, whose refused-key path returns early: that tick is
+    # the one auth_failed must page from. An alert failure never fails the tick.
+    try:
+        report.alerts = run_alert_step(
+            settings, report, engine=engine, redis_client=redis_client, delivery=alert_delivery
+        )
+    except Exception:
+        log.exception("alert step failed", extra={"tick": iso_z(report.observed_at)})
+    if report.cache_error is None and report.auth_error is None:
+        try:
+            ttl = settings.poll_interval_seconds * 3
+            with redis_client.pipeline(transaction=False) as pipe:
+                pipe.set(keys.last_tick(), iso_z(report.observed_at))
+                pipe.set(keys.heartbeat("tick"), iso_z(datetime.now(UTC)), ex=ttl)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("recording the tick's completion failed", extra={"reason": str(exc)})
 
 
 class _LockRenewer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -109,14 +109,11 @@ def subaccount_doc(snapshot: SubaccountSnapshot) -> dict[str, Any]:
 def subaccount_json(snapshot: SubaccountSnapshot) -> bytes:
     """The `…:subaccount:{name}` value: the list entry plus every worker."""
     head = subaccount_doc(snapshot)
-    if all(_plain_utc(w.last_share_time) for w in snapshot.workers):
-        # WorkerSample encodes to exactly worker_doc's JSON (field names and order), in C.
-        return _encode(head)[:-1] + b',"workers":' + _encode(snapshot.workers) + b"}"
-    return _encode(head | {"workers": [worker_doc(w) for w in snapshot.workers]})
-
-
-def _plain_utc(moment: datetime | None) -> bool:
-    return moment is None or (moment.tzinfo is UTC and moment.microsecond == 0)
+    workers = snapshot.workers
+    if isinstance(workers, tuple):
+        # A WorkerSample encodes to exactly worker_doc's JSON (names, order, UTC seconds).
+        return _encode(head)[:-1] + b',"workers":' + _encode(workers) + b"}"
+    return _encode(head | {"workers": [worker_doc(w) for w in workers]})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from worker.logs import setup_logging
 from worker.settings import Settings, load_settings
 
 TICK_TASK = "luxor.tick"
+MAINTENANCE_TASK = "luxor.maintenance"  # partitions, rollups, retention (tasks/maintenance.py)
 
 
 def create_app(settings: Settings) -> Celery:
@@ -41,7 +42,12 @@ def create_app(settings: Settings) -> Celery:
                 # time for a crashed worker's tick to be redelivered. Extra copies that do
                 # arrive find the tick completed and skip it.
                 "options": {"expires": float(visibility_s + settings.poll_interval_seconds)},
-            }
+            },
+            "luxor-maintenance": {
+                "task": MAINTENANCE_TASK,
+                "schedule": 3600.0,
+                "options": {"expires": 3600.0},
+            },
         },
         beat_schedule_filename=str(
             Path(tempfile.gettempdir()) / f"luxor-etl-beat-{settings.cache_prefix}"

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import redis
 import redis.asyncio
 
 log = logging.getLogger("luxor_etl.ratelimit")
+
+# How long an unpaced limiter trusts its last look at the shared pause.
+PAUSE_RECHECK_S = 0.1
 
 # Returns milliseconds to wait: the shared pause if one is set, else until a token is free.
 _TAKE_TOKEN = """
@@ -66,8 +70,22 @@ class SharedRateLimiter:
         self._take = self._client.register_script(_TAKE_TOKEN)
         self._set_pause = self._client.register_script(_PAUSE)
         self._warned = False
+        self._clear_until = 0.0
+        self._looking = asyncio.Lock()
 
     async def acquire(self) -> None:
+        if self._per_second > 0:
+            await self._acquire()
+            return
+        # Unpaced, only the shared pause matters: one look at it (one at a time) serves every
+        # request for a short while; a 1,000-request tick would otherwise make 1,000 calls.
+        if time.monotonic() < self._clear_until:
+            return
+        async with self._looking:
+            if time.monotonic() >= self._clear_until:
+                await self._acquire()
+
+    async def _acquire(self) -> None:
         waited_s = 0.0
         while waited_s < self._max_wait_s:
             try:
@@ -78,14 +96,18 @@ class SharedRateLimiter:
                 )
             except redis.RedisError as exc:
                 self._warn(exc)
+                self._clear_until = time.monotonic() + PAUSE_RECHECK_S
                 return
             if wait_ms <= 0:
+                if self._per_second <= 0:
+                    self._clear_until = time.monotonic() + PAUSE_RECHECK_S
                 return
             delay_s = min(wait_ms / 1000, self._max_wait_s - waited_s)
             await asyncio.sleep(delay_s)
             waited_s += delay_s
 
     async def pause(self, seconds: float) -> None:
+        self._clear_until = 0.0
         try:
             await self._set_pause(keys=[self._pause], args=[max(1, int(seconds * 1000))])
         except redis.RedisError as exc:
