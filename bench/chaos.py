@@ -37,6 +37,37 @@ REDIS_URL = os.environ.get("CHAOS_REDIS_URL", "redis://127.0.0.1:6379/13")
 PREFIX = "chaos"
 
 
+class PageRecorder:
+    """A webhook receiver on loopback that keeps every alert it is sent."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        pages = self.pages = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                pages.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def duplicates(self) -> int:
+        """Pages sent more than once for the same episode, status and tick."""
+        seen: dict[tuple, int] = {}
+        for page in self.pages:
+            key = (page.get("dedup_key"), page.get("status"), page.get("observed_at"))
+            seen[key] = seen.get(key, 0) + 1
+        return sum(count - 1 for count in seen.values())
+
+
 class CuttableProxy:
     """A loopback TCP proxy whose link can be cut: open connections drop, new ones are refused."""
 
@@ -201,6 +232,7 @@ def drive(ticks: int, fault_rate: float) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     progress = work / "chaos-progress.jsonl"
     progress.unlink(missing_ok=True)
+    receiver = PageRecorder()
     pg = CuttableProxy("127.0.0.1", 5432)
     rd = CuttableProxy("127.0.0.1", 6379)
     database_via_proxy = DATABASE_URL.replace("127.0.0.1:5432", f"127.0.0.1:{pg.port}")
@@ -230,6 +262,7 @@ def drive(ticks: int, fault_rate: float) -> dict[str, Any]:
             "POLL_INTERVAL_SECONDS": str(INTERVAL_S),
             "LUXOR_TIMEOUT_SECONDS": "1.5",
             "LUXOR_MAX_ATTEMPTS": "6",
+            "ALERT_WEBHOOK_URL": receiver.url,
         }
         phases = [(0, half - 1), (half, ticks - 1)]
         for number, (first, last) in enumerate(phases):
@@ -270,7 +303,13 @@ def drive(ticks: int, fault_rate: float) -> dict[str, Any]:
         truths[ticks] = workers_truth(sim)
         stats = httpx.get(f"{sim.control_url}/stats", timeout=10).json()
     elapsed = time.monotonic() - started
-    return verify(ticks + 1, truths, progress_lines(progress), stats, elapsed, fault_rate)
+    result = verify(ticks + 1, truths, progress_lines(progress), stats, elapsed, fault_rate)
+    firing = [p for p in receiver.pages if p.get("status") == "firing"]
+    result["alert pages received (firing/resolved)"] = (
+        f"{len(firing)}/{len(receiver.pages) - len(firing)}"
+    )
+    result["pages duplicated"] = receiver.duplicates()
+    return result
 
 
 def verify(
@@ -380,6 +419,7 @@ def main() -> None:
             "duplicate rows",
             "false cache values",
             "snapshots lost after recovery",
+            "pages duplicated",
         )
         if result[k]
     ]

@@ -29,10 +29,11 @@ from kombu.exceptions import KombuError
 from sqlalchemy.engine import Connection, Engine
 
 from models import alert_store as store
-from worker import health
+from worker import cache, health
 from worker.alerts import channels, rules
 from worker.alerts.rules import FIRING, RESOLVED, Episode, Notification, SubjectFacts
 from worker.cache import CacheKeys
+from worker.errors import one_line
 from worker.settings import Settings
 from worker.snapshot import FleetSnapshot, iso_z
 
@@ -56,7 +57,6 @@ INLINE_THREADS = 8
 CLOCK_RESET = timedelta(hours=1)
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 @dataclass
@@ -177,7 +177,7 @@ def run_alert_step(
             database_answered = True
             source = "postgres"
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            reason = _one_line(exc)
+            reason = one_line(exc)
             log.warning(
                 "alert store unavailable; evaluating from Redis",
                 extra={"tick": iso_z(ctx.observed_at), "currency": currency, "reason": reason},
@@ -541,16 +541,16 @@ def _recall(
                 pipe.get(ctx.keys.alert_last_active(currency, name))
             raw_counts, raw_mirror, *raw_active = pipe.execute()
     except redis.RedisError as exc:
-        log.warning("alert memory in Redis unavailable", extra={"reason": _one_line(exc)})
+        log.warning("alert memory in Redis unavailable", extra={"reason": one_line(exc)})
         return None
     memory = _Memory()
-    counts = _load(raw_counts)
+    counts = cache.load_json(raw_counts)
     if isinstance(counts, list):
         memory.counts = [(int(at), {str(k): int(v) for k, v in c.items()}) for at, c in counts]
-    mirror = _load(raw_mirror)
+    mirror = cache.load_json(raw_mirror)
     memory.mirror = mirror if isinstance(mirror, dict) else None
     for name, raw in zip(names, raw_active, strict=True):
-        seen = _load(raw)
+        seen = cache.load_json(raw)
         memory.last_active[name] = seen if isinstance(seen, dict) else {}
     return memory
 
@@ -605,7 +605,7 @@ def _remember(
                 pipe.set(ctx.keys.alert_episodes(currency), _encode(mirror))
             pipe.execute()
     except redis.RedisError as exc:
-        log.warning("alert memory not written to Redis", extra={"reason": _one_line(exc)})
+        log.warning("alert memory not written to Redis", extra={"reason": one_line(exc)})
 
 
 # --------------------------------------------------------------------------- queue and delivery
@@ -688,7 +688,7 @@ def _dispatch(
             return
         except KombuError as exc:
             log.warning(
-                "alert deliveries not enqueued; delivering inline", extra={"reason": _one_line(exc)}
+                "alert deliveries not enqueued; delivering inline", extra={"reason": one_line(exc)}
             )
 
     def one_queued(notification_id: int) -> str:
@@ -789,7 +789,7 @@ def deliver_queued_inline(
                 client=client,
             )
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            log.warning("alert delivery state unavailable", extra={"reason": _one_line(exc)})
+            log.warning("alert delivery state unavailable", extra={"reason": one_line(exc)})
             return "skipped" if attempt == 0 else "retried"
         if result.result != "retried" or delay is None:
             break
@@ -932,17 +932,3 @@ def _parse(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def _load(raw: bytes | str | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return _decode(raw)
-    except msgspec.DecodeError:
-        return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return " ".join(text.split())[:300]

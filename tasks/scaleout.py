@@ -36,14 +36,14 @@ from tasks.tick import (
     collect,
     complete_tick,
     finish_tick,
+    luxor_client,
     run_tick_locked,
+    shared_limiter,
     tick_rows,
 )
 from tasks.writer import TickWriter
 from worker import cache
 from worker.errors import LuxorError
-from worker.luxor.client import LuxorClient
-from worker.ratelimit import SharedRateLimiter
 from worker.settings import Settings
 from worker.snapshot import (
     FleetSnapshot,
@@ -151,22 +151,8 @@ def start_tick(
 
 
 async def _list_subaccounts(settings: Settings) -> list[str]:
-    limiter = SharedRateLimiter(
-        settings.redis_url,
-        settings.cache_prefix,
-        per_second=settings.luxor_rate_limit_per_second,
-        burst=settings.luxor_rate_limit_burst,
-    )
-    client = LuxorClient(
-        settings.api_key,
-        settings.luxor_base_url,
-        page_size=settings.luxor_page_size,
-        timeout_s=settings.luxor_timeout_seconds,
-        max_attempts=settings.luxor_max_attempts,
-        max_connections=2,
-        before_request=limiter.acquire,
-        on_throttled=limiter.pause,
-    )
+    limiter = shared_limiter(settings)
+    client = luxor_client(settings, limiter, max_connections=2)
     try:
         async with client:
             return await client.list_subaccounts()

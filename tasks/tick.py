@@ -24,7 +24,13 @@ from models.store import write_subaccount_ticks
 from tasks.alerts import INLINE, AlertStepReport, run_alert_step
 from tasks.writer import TickWriter
 from worker import cache, health
-from worker.errors import LuxorAuthError, LuxorBadResponse, LuxorError, LuxorUnavailable
+from worker.errors import (
+    LuxorAuthError,
+    LuxorBadResponse,
+    LuxorError,
+    LuxorUnavailable,
+    one_line,
+)
 from worker.luxor.client import LuxorClient
 from worker.ratelimit import SharedRateLimiter
 from worker.settings import Settings
@@ -93,6 +99,39 @@ def _error_kind(exc: BaseException) -> str:
     return "internal"
 
 
+def shared_limiter(settings: Settings) -> SharedRateLimiter:
+    """The request budget every worker process and host shares through Redis."""
+    return SharedRateLimiter(
+        settings.redis_url,
+        settings.cache_prefix,
+        per_second=settings.luxor_rate_limit_per_second,
+        burst=settings.luxor_rate_limit_burst,
+    )
+
+
+def luxor_client(
+    settings: Settings,
+    limiter: SharedRateLimiter,
+    *,
+    max_connections: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    on_request: Callable[[str, str], None] | None = None,
+) -> LuxorClient:
+    """A Luxor client configured from the settings, paced by the shared limiter."""
+    return LuxorClient(
+        settings.api_key,
+        settings.luxor_base_url,
+        page_size=settings.luxor_page_size,
+        timeout_s=settings.luxor_timeout_seconds,
+        max_attempts=settings.luxor_max_attempts,
+        max_connections=max_connections or settings.luxor_concurrency,
+        transport=transport,
+        on_request=on_request,
+        before_request=limiter.acquire,
+        on_throttled=limiter.pause,
+    )
+
+
 async def collect(
     settings: Settings,
     observed_at: datetime,
@@ -110,24 +149,8 @@ async def collect(
     start before the slowest subaccount is done; what it returns is what the fleet keeps.
     `subaccounts` skips the listing (a chunk of a tick the coordinator already listed).
     """
-    limiter = SharedRateLimiter(
-        settings.redis_url,
-        settings.cache_prefix,
-        per_second=settings.luxor_rate_limit_per_second,
-        burst=settings.luxor_rate_limit_burst,
-    )
-    client = LuxorClient(
-        settings.api_key,
-        settings.luxor_base_url,
-        page_size=settings.luxor_page_size,
-        timeout_s=settings.luxor_timeout_seconds,
-        max_attempts=settings.luxor_max_attempts,
-        max_connections=settings.luxor_concurrency,
-        transport=transport,
-        on_request=on_request,
-        before_request=limiter.acquire,
-        on_throttled=limiter.pause,
-    )
+    limiter = shared_limiter(settings)
+    client = luxor_client(settings, limiter, transport=transport, on_request=on_request)
     async with client, contextlib.aclosing(limiter):
         listing_error: str | None = None
         try:
@@ -376,7 +399,7 @@ def finish_tick(
             api_requests,
         )
     except redis.RedisError as exc:
-        report.cache_error = _one_line(exc)
+        report.cache_error = one_line(exc)
         log.error(
             "writing the cache failed",
             extra={"tick": iso_z(observed_at), "reason": report.cache_error},
@@ -422,11 +445,6 @@ def _run_returning(coroutine: Any) -> Any:
     return box[0]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return " ".join(text.split())[:300]
-
-
 def run_tick_locked(
     settings: Settings,
     *,
@@ -451,7 +469,7 @@ def run_tick_locked(
     try:
         acquired: bool | None = lock.acquire()
     except redis.RedisError as exc:
-        log.warning("tick lock unavailable; running unlocked", extra={"reason": _one_line(exc)})
+        log.warning("tick lock unavailable; running unlocked", extra={"reason": one_line(exc)})
         acquired = None
     if acquired is False:
         log.info("another tick is running; skipped", extra={"tick": iso_z(observed_at)})
@@ -524,7 +542,7 @@ class _LockRenewer:
             try:
                 self._lock.reacquire()
             except (LockError, redis.RedisError) as exc:
-                log.warning("tick lock could not be renewed", extra={"reason": _one_line(exc)})
+                log.warning("tick lock could not be renewed", extra={"reason": one_line(exc)})
 
     def stop(self) -> None:
         self._stopped.set()

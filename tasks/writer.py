@@ -22,6 +22,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
 from worker import cache, outbox
+from worker.errors import one_line
 from worker.settings import Settings
 from worker.snapshot import SubaccountSnapshot, WorkerNames, iso_z
 
@@ -100,7 +101,7 @@ class TickWriter:
             try:
                 self._drain()
             except sqlalchemy.exc.SQLAlchemyError as exc:
-                self.store_error = _one_line(exc)
+                self.store_error = one_line(exc)
                 log.error(
                     "writing snapshots failed",
                     extra={"tick": self._tick, "reason": self.store_error},
@@ -136,7 +137,7 @@ class TickWriter:
                 ttl_seconds=self._staging_ttl_s,
             )
         except redis.RedisError as exc:
-            self.cache_error = _one_line(exc)
+            self.cache_error = one_line(exc)
             log.error(
                 "writing the cache failed", extra={"tick": self._tick, "reason": self.cache_error}
             )
@@ -155,7 +156,7 @@ class TickWriter:
                 self._drain()
             self.rows_written += self._write_rows(self._engine, rows)
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            self.store_error = _one_line(exc)
+            self.store_error = one_line(exc)
             log.error(
                 "writing snapshots failed", extra={"tick": self._tick, "reason": self.store_error}
             )
@@ -182,7 +183,7 @@ class TickWriter:
         except redis.RedisError as exc:
             log.error(
                 "PostgreSQL and Redis both unreachable: this tick's snapshots are lost",
-                extra={"tick": self._tick, "reason": _one_line(exc)},
+                extra={"tick": self._tick, "reason": one_line(exc)},
             )
             return
         self.parked = True
@@ -192,8 +193,3 @@ class TickWriter:
 def kept(snapshot: SubaccountSnapshot) -> SubaccountSnapshot:
     """The snapshot with its workers reduced to names and statuses (`WorkerNames`)."""
     return msgspec.structs.replace(snapshot, workers=WorkerNames(snapshot.workers))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return " ".join(text.split())[:300]

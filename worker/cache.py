@@ -226,7 +226,7 @@ def _publish(
     entries: dict[str, dict[str, Any]] = {}
     stale_docs: dict[str, dict[str, Any]] = {}
     for name, raw in zip(failed, previous, strict=True):
-        doc = _load(raw)
+        doc = load_json(raw)
         if doc is None:
             result.missing.append(name)
             continue
@@ -274,28 +274,29 @@ def remember_subaccounts(
 
 
 def known_subaccounts(client: redis.Redis, keys: CacheKeys, currency: str) -> list[str]:
-    names = _load(client.get(keys.known_subaccounts(currency)))
+    names = load_json(client.get(keys.known_subaccounts(currency)))
     return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def read_summary(client: redis.Redis, keys: CacheKeys, currency: str) -> dict[str, Any] | None:
     """The fleet summary, or None when unknown (never zeros)."""
-    return _load(client.get(keys.summary(currency)))
+    return load_json(client.get(keys.summary(currency)))
 
 
 def read_subaccounts(
     client: redis.Redis, keys: CacheKeys, currency: str
 ) -> list[dict[str, Any]] | None:
-    return _load(client.get(keys.subaccounts(currency)))
+    return load_json(client.get(keys.subaccounts(currency)))
 
 
 def read_subaccount(
     client: redis.Redis, keys: CacheKeys, currency: str, name: str
 ) -> dict[str, Any] | None:
-    return _load(client.get(keys.subaccount(currency, name)))
+    return load_json(client.get(keys.subaccount(currency, name)))
 
 
-def _load(raw: bytes | str | None) -> Any:
+def load_json(raw: bytes | str | None) -> Any:
+    """A cached JSON value, or None when it is absent or unreadable (unknown, never zero)."""
     if raw is None:
         return None
     try:

@@ -1,6 +1,12 @@
 """The project's error hierarchy; the CLI maps these to exit codes and one-line messages."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one bounded log line (a database error's driver message if it has one)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split())[:limit]
+
+
 class LuxorEtlError(Exception):
     """Base of every error this project raises on purpose."""
 
