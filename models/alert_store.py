@@ -14,49 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from models.tables import JSON_DOC, TIMESTAMP, metadata, subaccount_ticks
-from models.tables import alerts as alert_columns
-
-ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
-
-# `alerts` with the columns migration 0002 added next to the contract ones.
-alerts = sa.table(
-    "alerts",
-    *(sa.column(c.name, c.type) for c in alert_columns.columns),
-    sa.column("dedup_key", sa.Text),
-    sa.column("notifications", JSON_DOC),
-    sa.column("updated_at", TIMESTAMP),
-)
-
-alert_cursors = sa.Table(
-    "alert_cursors",
-    metadata,
-    sa.Column("currency", sa.Text, primary_key=True),
-    sa.Column("observed_at", TIMESTAMP, nullable=True),
-    sa.Column("state", JSON_DOC, nullable=False, server_default=sa.text("'{}'")),
-)
-
-alert_notifications = sa.Table(
-    "alert_notifications",
-    metadata,
-    sa.Column("id", ID, primary_key=True),
-    sa.Column("key", sa.Text, nullable=False, unique=True),
-    sa.Column("channel", sa.Text, nullable=False),
-    sa.Column("kind", sa.Text, nullable=False),
-    sa.Column("currency", sa.Text, nullable=False),
-    sa.Column("observed_at", TIMESTAMP, nullable=False),
-    sa.Column("dedup_keys", JSON_DOC, nullable=False),
-    sa.Column("body", JSON_DOC, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
-    sa.Column("created_at", TIMESTAMP, nullable=False),
-    sa.Column("next_attempt_at", TIMESTAMP, nullable=False),
-    sa.Column("deliver_until", TIMESTAMP, nullable=False),
-    sa.Column("claimed_until", TIMESTAMP, nullable=True),
-    sa.Column("sent_at", TIMESTAMP, nullable=True),
-    sa.Column("last_error", sa.Text, nullable=True),
-    sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
-)
+from models.tables import alert_cursors, alert_notifications, alerts, subaccount_ticks
 
 EPISODE_COLUMNS = (
     "id",

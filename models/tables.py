@@ -80,5 +80,41 @@ alerts = sa.Table(
     sa.Column("baseline", sa.Float(53), nullable=True),
     sa.Column("current", sa.Float(53), nullable=True),
     sa.Column("details", JSON_DOC, nullable=False, server_default=sa.text("'{}'")),
+    # Delivery bookkeeping (migration 0002): what each channel was told, and when.
+    sa.Column("dedup_key", sa.Text, nullable=True, unique=True),
+    sa.Column("notifications", JSON_DOC, nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("updated_at", TIMESTAMP, nullable=True),
     sa.CheckConstraint("status IN ('firing', 'resolved')", name="status"),
+)
+
+ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+alert_cursors = sa.Table(
+    "alert_cursors",
+    metadata,
+    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("observed_at", TIMESTAMP, nullable=True),
+    sa.Column("state", JSON_DOC, nullable=False, server_default=sa.text("'{}'")),
+)
+
+alert_notifications = sa.Table(
+    "alert_notifications",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("key", sa.Text, nullable=False, unique=True),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("observed_at", TIMESTAMP, nullable=False),
+    sa.Column("dedup_keys", JSON_DOC, nullable=False),
+    sa.Column("body", JSON_DOC, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("next_attempt_at", TIMESTAMP, nullable=False),
+    sa.Column("deliver_until", TIMESTAMP, nullable=False),
+    sa.Column("claimed_until", TIMESTAMP, nullable=True),
+    sa.Column("sent_at", TIMESTAMP, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
 )

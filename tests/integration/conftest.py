@@ -59,7 +59,12 @@ def database_url() -> str:
 def db(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE subaccount_ticks, alerts RESTART IDENTITY"))
+        conn.execute(
+            sa.text(
+                "TRUNCATE subaccount_ticks, subaccount_rollups_hourly, alerts, alert_cursors, "
+                "alert_notifications RESTART IDENTITY"
+            )
+        )
     yield engine
     engine.dispose()
 

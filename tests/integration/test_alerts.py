@@ -126,13 +126,6 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-@pytest.fixture
-def alert_db(db):
-    with db.begin() as conn:
-        conn.execute(sa.text("TRUNCATE alert_cursors, alert_notifications RESTART IDENTITY"))
-    return db
-
-
 def channel_env(receiver: Receiver) -> dict[str, str]:
     return {
         "ALERT_WEBHOOK_URL": f"{receiver.url}/webhook",
@@ -182,16 +175,16 @@ def webhook_events(receiver: Receiver) -> list[dict]:
 
 
 def test_a_drop_pages_every_channel_once_names_the_workers_and_resolves(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
-    settings = make_settings(alert_db, simulator, receiver)
+    settings = make_settings(db, simulator, receiver)
     for minute in (0, 1):
-        assert tick(settings, alert_db, redis_client, minute).exit_code == 0
-    assert receiver.requests == [] and episodes(alert_db) == []
+        assert tick(settings, db, redis_client, minute).exit_code == 0
+    assert receiver.requests == [] and episodes(db) == []
 
     down = control(simulator, "workers/down", subaccount="site-00", count=20)["affected"]
     assert len(down) == 20
-    report = tick(settings, alert_db, redis_client, 2)
+    report = tick(settings, db, redis_client, 2)
     assert report.alerts.opened == ["workers_drop BTC site-00"]
 
     [event] = webhook_events(receiver)
@@ -237,16 +230,16 @@ def test_a_drop_pages_every_channel_once_names_the_workers_and_resolves(
     assert starts_at == "2026-12-03T10:02:00Z" and alert["endsAt"] > starts_at
 
     # Still down: Alertmanager hears it again, nobody is paged again.
-    tick(settings, alert_db, redis_client, 3)
+    tick(settings, db, redis_client, 3)
     assert len(receiver.got("/am")) == 2
     assert [len(receiver.got(p)) for p in ("/webhook", "/pd", "/slack")] == [1, 1, 1]
 
     control(simulator, "workers/up", subaccount="site-00", names=down)
-    tick(settings, alert_db, redis_client, 4)  # one good tick is not enough
+    tick(settings, db, redis_client, 4)  # one good tick is not enough
     assert [len(receiver.got(p)) for p in ("/webhook", "/pd", "/slack")] == [1, 1, 1]
-    assert episodes(alert_db)[0]["status"] == "firing"
+    assert episodes(db)[0]["status"] == "firing"
 
-    report = tick(settings, alert_db, redis_client, 5)
+    report = tick(settings, db, redis_client, 5)
     assert report.alerts.resolved == ["workers_drop BTC site-00"]
     resolved = webhook_events(receiver)[1]
     assert resolved["status"] == "resolved" and resolved["dedup_key"] == dedup
@@ -265,7 +258,7 @@ def test_a_drop_pages_every_channel_once_names_the_workers_and_resolves(
     assert am_resolve["endsAt"] == "2026-12-03T10:05:00Z"
 
     for minute in (6, 7, 8, 9):
-        tick(settings, alert_db, redis_client, minute)
+        tick(settings, db, redis_client, minute)
     am_posts = [r.json[0] for r in receiver.got("/am")]
     assert len(am_posts) == 6  # firing on ticks 2, 3, 4; the resolve on ticks 5, 6, 7
     assert all(a["endsAt"] == "2026-12-03T10:05:00Z" for a in am_posts[3:])
@@ -273,7 +266,7 @@ def test_a_drop_pages_every_channel_once_names_the_workers_and_resolves(
     assert [len(receiver.got(p)) for p in ("/webhook", "/pd", "/slack")] == [2, 2, 2]
     assert all(r.status < 300 for r in receiver.requests)
 
-    [row] = episodes(alert_db)
+    [row] = episodes(db)
     assert row["status"] == "resolved" and row["dedup_key"] == dedup
     assert row["current"] == row["baseline"] and row["resolved_at"] == at(5)
     assert row["details"]["workers_down"] == []  # none still down
@@ -285,35 +278,35 @@ def test_a_drop_pages_every_channel_once_names_the_workers_and_resolves(
 
 
 def test_no_page_under_the_threshold_but_a_slow_bleed_is_caught(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
-    settings = make_settings(alert_db, simulator, receiver)
-    tick(settings, alert_db, redis_client, 0)
+    settings = make_settings(db, simulator, receiver)
+    tick(settings, db, redis_client, 0)
     control(simulator, "workers/down", subaccount="site-00", count=2)  # under ALERT_DROP_MIN
     control(simulator, "workers/down", subaccount="site-01", count=5)  # under 10 %
-    tick(settings, alert_db, redis_client, 1)
-    tick(settings, alert_db, redis_client, 2)
-    assert receiver.requests == [] and episodes(alert_db) == []
+    tick(settings, db, redis_client, 1)
+    tick(settings, db, redis_client, 2)
+    assert receiver.requests == [] and episodes(db) == []
 
     # site-02 bleeds two workers a minute: paged once, when the window's peak is 10 % away.
     for minute in range(3, 12):
         control(simulator, "workers/down", subaccount="site-02", count=2)
-        tick(settings, alert_db, redis_client, minute)
-    [row] = episodes(alert_db)
+        tick(settings, db, redis_client, minute)
+    [row] = episodes(db)
     assert row["kind"] == "workers_drop" and row["subaccount"] == "site-02"
     assert row["baseline"] - row["current"] >= 0.1 * row["baseline"]
     assert len(webhook_events(receiver)) == 1 and len(receiver.got("/pd")) == 1
 
 
 def test_a_failing_receiver_is_retried_until_it_lands_and_a_4xx_is_not(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
     receiver.fail = {"/webhook": [500, 500], "/slack": [503], "/pd": [400]}
-    settings = make_settings(alert_db, simulator, receiver)
-    tick(settings, alert_db, redis_client, 0)
+    settings = make_settings(db, simulator, receiver)
+    tick(settings, db, redis_client, 0)
     control(simulator, "workers/down", subaccount="site-01", count=30)
     started = time.monotonic()
-    report = tick(settings, alert_db, redis_client, 1)
+    report = tick(settings, db, redis_client, 1)
     assert time.monotonic() - started < 10
     assert report.exit_code == 0  # delivery trouble never fails the tick
 
@@ -323,7 +316,7 @@ def test_a_failing_receiver_is_retried_until_it_lands_and_a_4xx_is_not(
     assert [r.status for r in receiver.got("/pd", ok_only=False)] == [400]  # never retried
     assert [r.status for r in receiver.got("/slack", ok_only=False)] == [503, 200]
 
-    with alert_db.connect() as conn:
+    with db.connect() as conn:
         rows = {
             r.channel: r
             for r in conn.execute(sa.text("SELECT * FROM alert_notifications ORDER BY id"))
@@ -338,13 +331,13 @@ def test_a_failing_receiver_is_retried_until_it_lands_and_a_4xx_is_not(
     assert report.alerts.delivered == {"sent": 3, "failed": 1}
 
 
-def test_a_repeated_or_concurrent_tick_pages_once(alert_db, redis_client, simulator, receiver):
-    settings = make_settings(alert_db, simulator, receiver)
-    tick(settings, alert_db, redis_client, 0)
+def test_a_repeated_or_concurrent_tick_pages_once(db, redis_client, simulator, receiver):
+    settings = make_settings(db, simulator, receiver)
+    tick(settings, db, redis_client, 0)
     # 12 of about 114 active: over 10 % of the subaccount, under 10 % of the fleet.
     control(simulator, "workers/down", subaccount="site-00", count=12)
-    tick(settings, alert_db, redis_client, 1)
-    again = tick(settings, alert_db, redis_client, 1)  # a redelivered tick
+    tick(settings, db, redis_client, 1)
+    again = tick(settings, db, redis_client, 1)  # a redelivered tick
     assert again.alerts.skipped == ["BTC"] and again.alerts.queued == 0
     assert len(webhook_events(receiver)) == 1
 
@@ -352,7 +345,7 @@ def test_a_repeated_or_concurrent_tick_pages_once(alert_db, redis_client, simula
     control(simulator, "workers/down", subaccount="site-02", count=12)
     from tasks.tick import run_tick
 
-    report = run_tick(settings, engine=alert_db, redis_client=redis_client, now=at(2))
+    report = run_tick(settings, engine=db, redis_client=redis_client, now=at(2))
     results = []
 
     def step() -> None:
@@ -371,16 +364,16 @@ def test_a_repeated_or_concurrent_tick_pages_once(alert_db, redis_client, simula
     assert sorted(r.opened for r in results) == [[], [], [], ["workers_drop BTC site-02"]]
     opened = [e for e in webhook_events(receiver) if e["subaccount"] == "site-02"]
     assert len(opened) == 1 and len(receiver.got("/pd")) == 2 and len(receiver.got("/slack")) == 2
-    assert len([e for e in episodes(alert_db) if e["status"] == "firing"]) == 2
+    assert len([e for e in episodes(db) if e["status"] == "firing"]) == 2
 
 
-def test_state_survives_a_restart(alert_db, redis_client, simulator, receiver):
-    settings = make_settings(alert_db, simulator, receiver)
-    tick(settings, alert_db, redis_client, 0)
+def test_state_survives_a_restart(db, redis_client, simulator, receiver):
+    settings = make_settings(db, simulator, receiver)
+    tick(settings, db, redis_client, 0)
     down = control(simulator, "workers/down", subaccount="site-01", count=25)["affected"]
-    tick(settings, alert_db, redis_client, 1)
+    tick(settings, db, redis_client, 1)
     [first] = webhook_events(receiver)
-    alert_db.dispose()
+    db.dispose()
     redis_client.close()
 
     # A new worker process: new connections, nothing carried over in memory.
@@ -402,14 +395,14 @@ def test_state_survives_a_restart(alert_db, redis_client, simulator, receiver):
 
 
 def test_a_still_firing_page_repeats_only_after_alert_repeat_minutes(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
-    settings = make_settings(alert_db, simulator, receiver, ALERT_REPEAT_MINUTES="3")
-    tick(settings, alert_db, redis_client, 0)
+    settings = make_settings(db, simulator, receiver, ALERT_REPEAT_MINUTES="3")
+    tick(settings, db, redis_client, 0)
     control(simulator, "workers/down", subaccount="site-00", count=30)
     sent_per_tick = []
     for minute in range(1, 9):
-        tick(settings, alert_db, redis_client, minute)
+        tick(settings, db, redis_client, minute)
         sent_per_tick.append(len(receiver.got("/pd")))
     assert sent_per_tick == [1, 1, 1, 2, 2, 2, 3, 3]  # ticks 1, 4 and 7
     dedup = {r.json["dedup_key"] for r in receiver.got("/pd")}
@@ -418,23 +411,23 @@ def test_a_still_firing_page_repeats_only_after_alert_repeat_minutes(
 
 
 def test_the_fleet_compares_only_complete_ticks_and_names_workers_by_subaccount(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
-    settings = make_settings(alert_db, simulator, receiver, ALERT_DROP_PERCENT="1")
-    tick(settings, alert_db, redis_client, 0)
+    settings = make_settings(db, simulator, receiver, ALERT_DROP_PERCENT="1")
+    tick(settings, db, redis_client, 0)
     # A subaccount that fails is unknown: neither it nor the fleet looks like a drop.
     arm_fault(simulator, kind="503", probability=1.0, subaccount="site-01")
-    assert tick(settings, alert_db, redis_client, 1).exit_code == 1
-    assert episodes(alert_db) == [] and receiver.requests == []
+    assert tick(settings, db, redis_client, 1).exit_code == 1
+    assert episodes(db) == [] and receiver.requests == []
     httpx.delete(f"{simulator.control_url}/faults", timeout=5).raise_for_status()
-    tick(settings, alert_db, redis_client, 2)
+    tick(settings, db, redis_client, 2)
 
     # Two workers per subaccount: under ALERT_DROP_MIN each, six across the fleet.
     down = []
     for name in ("site-00", "site-01", "site-02"):
         affected = control(simulator, "workers/down", subaccount=name, count=2)["affected"]
         down += [f"{name}/{w}" for w in affected]
-    tick(settings, alert_db, redis_client, 3)
+    tick(settings, db, redis_client, 3)
     [event] = webhook_events(receiver)
     assert event["subaccount"] is None and event["baseline"] - event["current"] == 6
     assert sorted(event["workers_down"]) == sorted(down)
@@ -442,13 +435,13 @@ def test_the_fleet_compares_only_complete_ticks_and_names_workers_by_subaccount(
     assert receiver.got("/am")[0].json[0]["labels"]["subaccount"] == "fleet"
 
 
-def test_data_stale_and_auth_failed_page_and_resolve(alert_db, redis_client, simulator, receiver):
-    settings = make_settings(alert_db, simulator, receiver, ALERT_STALE_MINUTES="2")
-    tick(settings, alert_db, redis_client, 0)
+def test_data_stale_and_auth_failed_page_and_resolve(db, redis_client, simulator, receiver):
+    settings = make_settings(db, simulator, receiver, ALERT_STALE_MINUTES="2")
+    tick(settings, db, redis_client, 0)
     arm_fault(simulator, kind="500", probability=1.0, subaccount="site-02")
-    tick(settings, alert_db, redis_client, 1)
+    tick(settings, db, redis_client, 1)
     assert webhook_events(receiver) == []
-    tick(settings, alert_db, redis_client, 2)
+    tick(settings, db, redis_client, 2)
     [stale] = webhook_events(receiver)
     assert (stale["kind"], stale["subaccount"], stale["severity"]) == (
         "data_stale",
@@ -457,17 +450,17 @@ def test_data_stale_and_auth_failed_page_and_resolve(alert_db, redis_client, sim
     )
     assert "10:00:00Z" in stale["summary"]
     httpx.delete(f"{simulator.control_url}/faults", timeout=5).raise_for_status()
-    tick(settings, alert_db, redis_client, 3)
-    tick(settings, alert_db, redis_client, 4)
+    tick(settings, db, redis_client, 3)
+    tick(settings, db, redis_client, 4)
     assert webhook_events(receiver)[-1]["status"] == "resolved"
 
-    refused = make_settings(alert_db, simulator, receiver, LUXOR_API_KEY="wrong-key-9911")
-    report = tick(refused, alert_db, redis_client, 5)
+    refused = make_settings(db, simulator, receiver, LUXOR_API_KEY="wrong-key-9911")
+    report = tick(refused, db, redis_client, 5)
     assert report.exit_code == 2 and report.alerts.opened == ["auth_failed BTC fleet"]
     assert webhook_events(receiver)[-1]["kind"] == "auth_failed"
-    tick(refused, alert_db, redis_client, 6)
+    tick(refused, db, redis_client, 6)
     assert len(webhook_events(receiver)) == 3  # still refused: no second page
-    report = tick(settings, alert_db, redis_client, 7)
+    report = tick(settings, db, redis_client, 7)
     assert report.alerts.resolved == ["auth_failed BTC fleet"]
     last = webhook_events(receiver)[-1]
     assert (last["kind"], last["status"]) == ("auth_failed", "resolved")
@@ -476,13 +469,13 @@ def test_data_stale_and_auth_failed_page_and_resolve(alert_db, redis_client, sim
 
 
 def test_postgres_away_still_pages_from_redis_and_hands_back_the_episode(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
-    settings = make_settings(alert_db, simulator, receiver)
+    settings = make_settings(db, simulator, receiver)
     for minute in (0, 1):
-        tick(settings, alert_db, redis_client, minute)
+        tick(settings, db, redis_client, minute)
     nowhere_url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
-    away = make_settings(alert_db, simulator, receiver, DATABASE_URL=nowhere_url)
+    away = make_settings(db, simulator, receiver, DATABASE_URL=nowhere_url)
     nowhere = make_engine(away.database_url)
     down = control(simulator, "workers/down", subaccount="site-00", count=30)["affected"]
     report = tick(away, nowhere, redis_client, 2)
@@ -494,34 +487,34 @@ def test_postgres_away_still_pages_from_redis_and_hands_back_the_episode(
     nowhere.dispose()
 
     # PostgreSQL is back: it takes over the episode; no second page, the same dedup key.
-    tick(settings, alert_db, redis_client, 4)
+    tick(settings, db, redis_client, 4)
     assert len(webhook_events(receiver)) == 1
-    [row] = episodes(alert_db)
+    [row] = episodes(db)
     assert row["status"] == "firing" and row["dedup_key"] == event["dedup_key"]
     control(simulator, "workers/up", subaccount="site-00", names=down)
     for minute in (5, 6):
-        tick(settings, alert_db, redis_client, minute)
+        tick(settings, db, redis_client, minute)
     resolved = webhook_events(receiver)[-1]
     assert resolved["status"] == "resolved" and resolved["dedup_key"] == event["dedup_key"]
-    assert episodes(alert_db)[0]["status"] == "resolved"
+    assert episodes(db)[0]["status"] == "resolved"
 
 
 def test_poll_once_pages_end_to_end_and_status_lists_the_alert(
-    alert_db, redis_client, simulator, receiver
+    db, redis_client, simulator, receiver
 ):
     receiver.fail = {"/webhook": [500, 500]}
-    settings = make_settings(alert_db, simulator, receiver)
+    settings = make_settings(db, simulator, receiver)
     now = tick_time(datetime.now(UTC), 60)
     for minutes_ago in (2, 1):
         run_tick_locked(
             settings,
-            engine=alert_db,
+            engine=db,
             redis_client=redis_client,
             now=now - timedelta(minutes=minutes_ago),
         )
     down = control(simulator, "workers/down", subaccount="site-00", count=20)["affected"]
     env = etl_env(
-        alert_db.url.render_as_string(hide_password=False),
+        db.url.render_as_string(hide_password=False),
         simulator,
         POLL_INTERVAL_SECONDS="60",
         **channel_env(receiver),
@@ -554,7 +547,7 @@ def test_poll_once_pages_end_to_end_and_status_lists_the_alert(
     for minutes in (1, 2):
         run_tick_locked(
             settings,
-            engine=alert_db,
+            engine=db,
             redis_client=redis_client,
             now=observed + timedelta(minutes=minutes),
         )
@@ -567,7 +560,7 @@ def test_poll_once_pages_end_to_end_and_status_lists_the_alert(
     for out in (result, shown):
         for secret in secrets:
             assert secret not in out.stdout + out.stderr
-    with alert_db.connect() as conn:
+    with db.connect() as conn:
         dump = " ".join(
             str(r)
             for r in conn.execute(
@@ -623,7 +616,7 @@ def test_alerts_test_reaches_every_channel_and_reports_each(db, redis_client, re
 
 
 def test_a_real_alertmanager_takes_the_firing_alert_and_its_resolve(
-    alert_db, redis_client, simulator, tmp_path
+    db, redis_client, simulator, tmp_path
 ):
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     assert binary, "Alertmanager is needed: apt-get install prometheus-alertmanager"
@@ -653,7 +646,7 @@ def test_a_real_alertmanager_takes_the_firing_alert_and_its_resolve(
             assert time.monotonic() < deadline, "Alertmanager did not start"
             time.sleep(0.1)
         env = etl_env(
-            alert_db.url.render_as_string(hide_password=False),
+            db.url.render_as_string(hide_password=False),
             simulator,
             POLL_INTERVAL_SECONDS="60",
             LUXOR_MAX_ATTEMPTS="1",
@@ -667,7 +660,7 @@ def test_a_real_alertmanager_takes_the_firing_alert_and_its_resolve(
         def run(minute: int) -> None:
             run_tick_locked(
                 settings,
-                engine=alert_db,
+                engine=db,
                 redis_client=redis_client,
                 now=start + timedelta(minutes=minute),
             )
@@ -698,7 +691,7 @@ def test_a_real_alertmanager_takes_the_firing_alert_and_its_resolve(
         run(4)  # resolved, with the episode's startsAt: Alertmanager accepts it
         assert ours() == []
         run(5)  # the resolve again
-        with alert_db.connect() as conn:
+        with db.connect() as conn:
             statuses = conn.execute(
                 sa.text("SELECT status, count(*) FROM alert_notifications GROUP BY status")
             ).all()
@@ -709,7 +702,7 @@ def test_a_real_alertmanager_takes_the_firing_alert_and_its_resolve(
 
 
 def test_a_celery_worker_delivers_each_notification_with_retries(
-    alert_db, redis_client, simulator, receiver, tmp_path, monkeypatch
+    db, redis_client, simulator, receiver, tmp_path, monkeypatch
 ):
     from tests.integration.conftest import BROKER_URL
     from tests.integration.test_celery import start, stop
@@ -717,7 +710,7 @@ def test_a_celery_worker_delivers_each_notification_with_retries(
     redis.Redis.from_url(BROKER_URL).flushdb()
     receiver.fail = {"/webhook": [(503, "1"), (429, "1")]}
     env = etl_env(
-        alert_db.url.render_as_string(hide_password=False),
+        db.url.render_as_string(hide_password=False),
         simulator,
         POLL_INTERVAL_SECONDS="60",
         LUXOR_MAX_ATTEMPTS="1",
@@ -725,12 +718,12 @@ def test_a_celery_worker_delivers_each_notification_with_retries(
     )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = make_settings(alert_db, simulator, receiver)
+    settings = make_settings(db, simulator, receiver)
     worker = start(env, "worker", "--concurrency=2", log_path=tmp_path / "worker.log")
     try:
-        tick(settings, alert_db, redis_client, 0)
+        tick(settings, db, redis_client, 0)
         control(simulator, "workers/down", subaccount="site-02", count=25)
-        report = tick(settings, alert_db, redis_client, 1, alert_delivery="celery")
+        report = tick(settings, db, redis_client, 1, alert_delivery="celery")
         assert report.alerts.queued == 4 and not report.alerts.delivered  # nothing sent here
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline and not receiver.got("/webhook"):
@@ -744,7 +737,7 @@ def test_a_celery_worker_delivers_each_notification_with_retries(
         while time.monotonic() < deadline and len(receiver.requests) < 6:
             time.sleep(0.1)
         assert [len(receiver.got(p)) for p in ("/pd", "/slack", "/am")] == [1, 1, 1]
-        with alert_db.connect() as conn:
+        with db.connect() as conn:
             rows = conn.execute(
                 sa.text("SELECT channel, status, attempts FROM alert_notifications ORDER BY id")
             ).all()
