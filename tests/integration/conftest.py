@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,14 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/14")
+# Every table the pipeline writes: reset before each test, searched for leaked secrets.
+STATE_TABLES = (
+    "subaccount_ticks",
+    "subaccount_rollups_hourly",
+    "alerts",
+    "alert_cursors",
+    "alert_notifications",
+)
 
 
 def free_port() -> int:
@@ -59,12 +67,7 @@ def database_url() -> str:
 def db(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "TRUNCATE subaccount_ticks, subaccount_rollups_hourly, alerts, alert_cursors, "
-                "alert_notifications RESTART IDENTITY"
-            )
-        )
+        conn.execute(sa.text(f"TRUNCATE {', '.join(STATE_TABLES)} RESTART IDENTITY"))
     yield engine
     engine.dispose()
 
@@ -146,3 +149,40 @@ def fetch_truth(sim: RunningSimulator, currency: str = "BTC") -> dict[str, list[
                 url, params = body["pagination"]["next_page_url"], None
             truth[name] = workers
         return truth
+
+
+def _redis_value(client: redis.Redis, key: bytes) -> bytes:
+    kind = client.type(key)
+    if kind == b"string":
+        return client.get(key) or b""
+    if kind == b"hash":
+        return b" ".join(k + b"=" + v for k, v in client.hgetall(key).items())
+    if kind == b"list":
+        return b" ".join(client.lrange(key, 0, -1))
+    if kind == b"set":
+        return b" ".join(client.smembers(key))
+    if kind == b"zset":
+        return b" ".join(client.zrange(key, 0, -1))
+    return b""
+
+
+def assert_secrets_absent(
+    secrets: Sequence[str],
+    *,
+    outputs: Sequence[subprocess.CompletedProcess],
+    engine: Engine,
+    redis_client: redis.Redis,
+) -> None:
+    """No secret in any command output, any row the pipeline stored, or any Redis key or value."""
+    with engine.connect() as conn:
+        rows = " ".join(
+            str(row[0])
+            for table in STATE_TABLES
+            for row in conn.execute(sa.text(f"SELECT t::text FROM {table} t"))
+        )
+    cached = [key + b" " + _redis_value(redis_client, key) for key in redis_client.scan_iter("*")]
+    for secret in secrets:
+        for out in outputs:
+            assert secret not in out.stdout + out.stderr
+        assert secret not in rows
+        assert all(secret.encode() not in value for value in cached)

@@ -25,7 +25,14 @@ import sqlalchemy as sa
 from models.store import make_engine
 from tasks.alerts import run_alert_step
 from tasks.tick import run_tick_locked
-from tests.integration.conftest import REDIS_URL, arm_fault, etl_env, free_port, run_cli
+from tests.integration.conftest import (
+    REDIS_URL,
+    arm_fault,
+    assert_secrets_absent,
+    etl_env,
+    free_port,
+    run_cli,
+)
 from worker import cache, health
 from worker.alerts.channels import SIGNATURE_HEADER, verify
 from worker.settings import load_settings
@@ -556,27 +563,12 @@ def test_poll_once_pages_end_to_end_and_status_lists_the_alert(
     assert "firing alerts: none" in run_cli(env, "status").stdout
 
     # No secret in any output, stored row or cache value.
-    secrets = (WEBHOOK_SECRET, ROUTING_KEY, SLACK_PATH.rsplit("/", 1)[1])
-    for out in (result, shown):
-        for secret in secrets:
-            assert secret not in out.stdout + out.stderr
-    with db.connect() as conn:
-        dump = " ".join(
-            str(r)
-            for r in conn.execute(
-                sa.text(
-                    "SELECT a::text FROM alerts a UNION ALL "
-                    "SELECT n::text FROM alert_notifications n UNION ALL "
-                    "SELECT c::text FROM alert_cursors c"
-                )
-            )
-        )
-    for secret in secrets:
-        assert secret not in dump
-    for key in redis_client.scan_iter("*"):
-        if redis_client.type(key) == b"string":
-            value = redis_client.get(key)
-            assert all(secret.encode() not in value for secret in secrets)
+    assert_secrets_absent(
+        (WEBHOOK_SECRET, ROUTING_KEY, SLACK_PATH.rsplit("/", 1)[1]),
+        outputs=(result, shown),
+        engine=db,
+        redis_client=redis_client,
+    )
 
 
 def test_alerts_test_reaches_every_channel_and_reports_each(db, redis_client, receiver):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from tasks.tick import run_tick_locked
-from tests.integration.conftest import arm_fault, etl_env, fetch_truth, run_cli
+from tests.integration.conftest import (
+    arm_fault,
+    assert_secrets_absent,
+    etl_env,
+    fetch_truth,
+    run_cli,
+)
 from worker import cache
 from worker.settings import load_settings
 
@@ -164,31 +169,9 @@ def test_the_api_key_appears_in_no_output_row_or_cache_value(db, redis_client, s
         run_cli(env, "status"),
         run_cli(env, "status", "--json"),
     ]
-    secret = "k3y-that-must-never-leak-77"
-    for out in outputs:
-        assert secret not in out.stdout + out.stderr
-    with db.connect() as conn:
-        dump = " ".join(
-            str(r)
-            for r in conn.execute(
-                sa.text(
-                    "SELECT t::text FROM subaccount_ticks t UNION ALL SELECT a::text FROM alerts a"
-                )
-            )
-        )
-    assert secret not in dump
-    for key in redis_client.scan_iter("*"):
-        kind = redis_client.type(key)
-        value = (
-            redis_client.get(key)
-            if kind == b"string"
-            else json.dumps(
-                {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
-            ).encode()
-            if kind == b"hash"
-            else b""
-        )
-        assert secret.encode() not in key + value
+    assert_secrets_absent(
+        ["k3y-that-must-never-leak-77"], outputs=outputs, engine=db, redis_client=redis_client
+    )
 
 
 def test_postgres_away_still_refreshes_the_cache_and_exits_1(redis_client, simulator):
