@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,20 +204,3 @@ def _copy_subaccount_ticks(engine: Engine, rows: Sequence[Mapping[str, Any]]) ->
             # The raw cursor bypasses SQLAlchemy's wrapping; callers catch SQLAlchemyError.
             raise sa.exc.DBAPIError.instance(_COPY_SQL, None, exc, psycopg.Error) from exc
     raise AssertionError("unreachable")
-
-
-def recent_active_counts(
-    engine: Engine, currency: str, since: Any, subaccounts: Iterable[str] | None = None
-) -> list[tuple[str, Any, int]]:
-    """(subaccount, observed_at, active) rows since a moment, oldest first."""
-    query = (
-        sa.select(
-            subaccount_ticks.c.subaccount, subaccount_ticks.c.observed_at, subaccount_ticks.c.active
-        )
-        .where(subaccount_ticks.c.currency == currency, subaccount_ticks.c.observed_at >= since)
-        .order_by(subaccount_ticks.c.observed_at)
-    )
-    if subaccounts is not None:
-        query = query.where(subaccount_ticks.c.subaccount.in_(list(subaccounts)))
-    with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(query)]

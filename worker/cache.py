@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -150,26 +151,20 @@ def stage_subaccounts(
 def publish_fleet(
     client: redis.Redis, fleet: FleetSnapshot, *, keys: CacheKeys, ttl_seconds: int
 ) -> Publication:
-    """Write one tick's cache in a single MULTI/EXEC, so readers never see two ticks mixed.
-
-    Failed subaccounts keep their previous entry (marked stale, TTL untouched) until it
-    expires; without one they are missing. With no fresh subaccount at all, the summary and
-    list keep their TTL too, so an outage ages the cache out instead of renewing old numbers.
-    """
-    fresh = {s.subaccount: (subaccount_doc(s), subaccount_json(s)) for s in fleet.snapshots}
-    return _publish(
+    """Stage and commit one whole fleet at once (the tick stages in chunks as it fetches)."""
+    staged = stage_subaccounts(
+        client, fleet.snapshots, keys=keys, token=uuid.uuid4().hex, ttl_seconds=ttl_seconds
+    )
+    return commit_fleet(
         client,
         currency=fleet.currency,
         observed_at=fleet.observed_at,
         subaccounts=fleet.subaccounts,
         listing_error=fleet.listing_error,
-        fresh={name: entry for name, (entry, _) in fresh.items()},
+        staged=staged,
         failed=[f.subaccount for f in fleet.failures],
         keys=keys,
         ttl_seconds=ttl_seconds,
-        write_fresh=lambda pipe, name: pipe.set(
-            keys.subaccount(fleet.currency, name), fresh[name][1], ex=ttl_seconds
-        ),
     )
 
 
@@ -185,42 +180,14 @@ def commit_fleet(
     keys: CacheKeys,
     ttl_seconds: int,
 ) -> Publication:
-    """`publish_fleet` for values already staged by `stage_subaccounts`: the same single
-    MULTI/EXEC, renaming each staged value into place instead of sending it again."""
+    """Publish one tick's cache in a single MULTI/EXEC, so readers never see two ticks mixed.
 
-    def write_fresh(pipe: Any, name: str) -> None:
-        target = keys.subaccount(currency, name)
-        pipe.rename(staged[name].staging_key, target)
-        pipe.expire(target, ttl_seconds)
-
-    return _publish(
-        client,
-        currency=currency,
-        observed_at=observed_at,
-        subaccounts=subaccounts,
-        listing_error=listing_error,
-        fresh={name: s.entry for name, s in staged.items()},
-        failed=failed,
-        keys=keys,
-        ttl_seconds=ttl_seconds,
-        write_fresh=write_fresh,
-    )
-
-
-def _publish(
-    client: redis.Redis,
-    *,
-    currency: str,
-    observed_at: datetime,
-    subaccounts: Sequence[str],
-    listing_error: str | None,
-    fresh: Mapping[str, dict[str, Any]],
-    failed: Sequence[str],
-    keys: CacheKeys,
-    ttl_seconds: int,
-    write_fresh: Callable[[Any, str], Any],
-) -> Publication:
-    result = Publication(fresh=list(fresh))
+    Staged fresh values are renamed into place. Failed subaccounts keep their previous entry
+    (marked stale, TTL untouched) until it expires; without one they are missing. With no
+    fresh subaccount at all, the summary and list keep their TTL too, so an outage ages the
+    cache out instead of renewing old numbers.
+    """
+    result = Publication(fresh=list(staged))
     previous = client.mget([keys.subaccount(currency, name) for name in failed]) if failed else []
 
     entries: dict[str, dict[str, Any]] = {}
@@ -234,7 +201,7 @@ def _publish(
         stale_docs[name] = doc
         entries[name] = {k: v for k, v in doc.items() if k != "workers"}
         result.stale.append(name)
-    entries.update(fresh)
+    entries.update({name: s.entry for name, s in staged.items()})
 
     listing = [entries[name] for name in sorted(entries)]
     summary = {
@@ -253,13 +220,16 @@ def _publish(
     result.summary = summary if listing or known_empty else None
 
     with client.pipeline(transaction=True) as pipe:
-        for name in fresh:
-            write_fresh(pipe, name)
+        for name, entry in staged.items():
+            target = keys.subaccount(currency, name)
+            pipe.rename(entry.staging_key, target)
+            pipe.expire(target, ttl_seconds)
         for name, doc in stale_docs.items():
             # XX: if the old entry expired meanwhile, do not resurrect it without a TTL.
             pipe.set(keys.subaccount(currency, name), _encode(doc), xx=True, keepttl=True)
         if result.summary is not None:
-            renew = {"ex": ttl_seconds} if fresh or known_empty else {"xx": True, "keepttl": True}
+            fresh = bool(staged) or known_empty
+            renew = {"ex": ttl_seconds} if fresh else {"xx": True, "keepttl": True}
             pipe.set(keys.subaccounts(currency), _encode(listing), **renew)
             pipe.set(keys.summary(currency), _encode(summary), **renew)
         pipe.execute()
